@@ -61,6 +61,8 @@ def reference() -> str:
         out.append(f"**{title}**\n")
         out.append("| field | type | default | meaning |\n|---|---|---|---|")
         for name, tp, default, doc in rows:
+            # a bare | would end the table cell, even inside backticks
+            tp, default, doc = (str(x).replace("|", "\\|") for x in (tp, default, doc))
             out.append(f"| `{name}` | `{tp}` | `{default}` | {doc} |".replace("`(section)`", "section"))
         out.append("")
     out.append("`judge` and `learner.objective` are chosen by `type`; their fields are listed in "
