@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 
 
 class CompositeJudgeConfig(BaseModel):

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from judges.local import LocalModelJudge, LocalModelOptions
 from judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 from policies.vllm_engine import VLLMEngineOptions
 
 

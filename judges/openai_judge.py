@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from judges.cache import JudgmentCache, cache_key, default_cache_path
 from judges.prompting import JUDGMENT_SCHEMA, Parsed, PromptOptions, Unparseable, parse_judgment, render_messages
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
+from records.errors import env_secret
 
 
 class OpenAIJudgeConfig(BaseModel):
@@ -191,8 +192,6 @@ class OpenAIJudge:
 
 
 def _api_key(env_var: str | None) -> str:
-    from loop.config import env_secret  # here, not at the top: loop.config imports judges
-
     # The openai client refuses an empty key even for servers that ignore it.
     return env_secret(env_var) if env_var else "unused"
 

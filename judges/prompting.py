@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from loop.records import Prompt, Sample, Verdict
+from records import Prompt, Sample, Verdict
 
 DEFAULT_SYSTEM = (
     "You are a meticulous reviewer of an AI assistant's answers. You judge only the quoted "

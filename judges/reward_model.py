@@ -16,7 +16,7 @@ from pydantic import Field
 
 from judges.local import LocalModelJudge, LocalModelOptions
 from judges.prompting import conversation_text
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 
 
 class RewardModelJudgeConfig(LocalModelOptions):

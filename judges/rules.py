@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 
 _WORD = re.compile(r"\b[\w'’-]+\b")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")

@@ -16,7 +16,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from loop.config import RayConfig, RunConfig
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
 
 

@@ -6,7 +6,6 @@ Nothing here imports torch or Ray, so `--dry-run` and config errors answer at on
 
 from __future__ import annotations
 
-import os
 import re
 import types
 import typing
@@ -17,12 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judges import JudgeConfig
+from records.errors import ConfigError, env_secret  # noqa: F401 - part of loop.config's API
 from policies.objectives.options import ObjectiveConfig, SFTOptions
 from policies.vllm_engine import VLLMSamplerOptions
-
-
-class ConfigError(Exception):
-    """A config problem the user can fix; the message names the field and what to set."""
 
 
 class Strict(BaseModel):
@@ -356,11 +352,3 @@ def resume_conflicts(saved: dict, config: RunConfig) -> list[str]:
         pass  # a config this version cannot read: compare as saved, field by field
     keys = sorted(set(saved) | set(new))
     return [k for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)]
-
-
-def env_secret(var: str) -> str:
-    """Read a secret from the environment variable the config names."""
-    value = os.environ.get(var)
-    if not value:
-        raise ConfigError(f"environment variable {var} is not set; export it with the key to use")
-    return value

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from loop.actors import Actors, judge_pool, map_chunks, start_ray
 from loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
 from loop.data import PromptStream, load_prompts
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 from loop.store import RunState, RunStore, atomic_write_bytes, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
 from policies.adapter import AdapterPayload
 from policies.model import preflight

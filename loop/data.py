@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from loop.records import Message, Prompt
+from records import Message, Prompt
 
 
 class DataError(Exception):

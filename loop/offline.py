@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from loop.data import DataError, row_to_prompt
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 from loop.store import read_jsonl
 from policies.objectives.base import Example
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.objectives.base import Example, TrainBatch
 from policies.objectives.options import (
     DPOOptions, GRPOOptions, PPOOptions, ReinforceOptions, RLOOOptions, RWROptions, SFTOptions,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from judges.rules import BannedPhrases, Regex, RulesJudge, RulesJudgeConfig
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.model import render_prompt
 from policies.objectives.base import Example
 from policies.objectives.cut import judgment_messages

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loop.actors import JudgeWorker
 from loop.config import validate_config
-from loop.records import Message, Prompt, Sample
+from records import Message, Prompt, Sample
 from loop.store import RunStore
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from loop.records import Message
+from records import Message
 from policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
 from policies.objectives.options import CUTOptions
 

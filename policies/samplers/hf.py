@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load as load_safetensors
 
-from loop.records import Prompt, Sample
+from records import Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
 from policies.model import resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from loop.records import Prompt, Sample
+from records import Prompt, Sample
 from policies.adapter import AdapterPayload
 from policies.model import load_tokenizer, render_prompt, resolve_model_path
 from policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids

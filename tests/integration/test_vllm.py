@@ -28,7 +28,7 @@ from loop.actors import Actors, start_ray  # noqa: E402
 from loop.config import validate_config  # noqa: E402
 from loop.cycle import Cycle, prepare_run_dir  # noqa: E402
 from loop.data import load_prompts  # noqa: E402
-from loop.records import Judgment  # noqa: E402
+from records import Judgment  # noqa: E402
 from policies.adapter import AdapterPayload  # noqa: E402
 from policies.objectives.base import Example  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_critique_judge_on_a_vllm_engine():
     import asyncio
 
     from judges import build_judge
-    from loop.records import Message, Prompt, Sample
+    from records import Message, Prompt, Sample
 
     judge_cfg = validate_config({
         "name": "t", "data": {"path": "p.jsonl"},

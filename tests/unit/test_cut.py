@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.objectives.base import Example, TrainBatch
 from policies.objectives.cut import CUT, cut_loss
 from policies.objectives.hindsight import PERFECT, Hindsight

@@ -13,7 +13,7 @@ from judges.plugins import PluginError, PythonJudgeConfig, build_plugin
 from judges.reward_model import check_labels
 from loop.actors import JudgeWorker
 from loop.config import ConfigError, validate_config
-from loop.records import Judgment
+from records import Judgment
 from tests.conftest import WORDS
 from tests.judge_fakes import make_cycle, prompts_and_samples
 

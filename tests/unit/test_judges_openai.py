@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig, retry_after
 from judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
 from loop.config import ConfigError, to_yaml, validate_config
-from loop.records import Message, Prompt, Sample
+from records import Message, Prompt, Sample
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.judge_fakes import make_cycle, prompts_and_samples
 

@@ -9,7 +9,7 @@ import pytest
 
 from loop.actors import JudgeWorker
 from loop.cycle import JudgeErrorRate
-from loop.records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample
 from loop.store import read_jsonl, write_jsonl
 from tests.judge_fakes import make_cycle, prompts_and_samples
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from loop.config import validate_config
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.objectives.advantages import (
     build_pairs, group_normalized_advantages, mean_baseline_advantages, rloo_advantages,
 )

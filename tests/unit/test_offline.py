@@ -12,7 +12,7 @@ import yaml
 
 from loop.data import DataError
 from loop.offline import load_examples
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from loop.store import write_jsonl
 from tests.conftest import tiny_config, write_prompts
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loop.config import validate_config
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
 from policies.learner import Learner
 from policies.objectives.base import Example

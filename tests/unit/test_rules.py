@@ -6,7 +6,7 @@ import pytest
 
 from judges import build_judge
 from judges.rules import RulesJudgeConfig
-from loop.records import Message, Prompt, Sample
+from records import Message, Prompt, Sample
 
 PROMPT = Prompt(id="p", messages=[Message(role="user", content="Explain tides.")])
 

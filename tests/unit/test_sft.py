@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from loop.records import Judgment, Message, Prompt, Sample
+from records import Judgment, Message, Prompt, Sample
 from policies.objectives.base import Example, TrainBatch
 from policies.objectives.options import SFTOptions
 from policies.objectives.registry import build_objective

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from loop.records import Judgment
+from records import Judgment
 from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
 
 
