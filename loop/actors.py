@@ -9,7 +9,9 @@ import os
 import re
 import time
 from collections import deque
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -149,7 +151,8 @@ PLACEMENT_TIMEOUT_S = 300
 
 
 class Actors:
-    """Handles to every actor of a run, created with the resources the config asks for."""
+    """The run's actors, created with the resources the config asks for, behind the facades
+    the cycle uses (`samplers`, `judges`, `learner`)."""
 
     def __init__(self, cfg: RunConfig):
         from policies.learner import Learner
@@ -158,24 +161,46 @@ class Actors:
         sampler_cls = ray.remote(sampler_class(cfg.sampler.backend))
         placed = [sampler_placement(cfg.sampler) for _ in range(cfg.sampler.replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
-        self.samplers = [sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed]
-        judge_cls = ray.remote(JudgeWorker).options(
-            num_cpus=cfg.judging.num_cpus, num_gpus=cfg.judging.num_gpus, max_restarts=1
-        )
-        self.judges = [judge_cls.remote(cfg.judge) for _ in range(cfg.judging.actors)]
+        self.samplers = SamplerPool([sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed])
+        self.judges = start_judges(cfg.judge, cfg.judging)
         learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
-        self.learner = learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed)
-        self.publisher = ObjectStorePublisher(self.samplers)
+        self.learner = LearnerHandle(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
     def shutdown(self) -> None:
-        try:
-            ray.get([s.close.remote() for s in self.samplers], timeout=60)
-        except Exception:  # noqa: BLE001 - a dead sampler has nothing left to clean
-            pass
-        for handle in [*self.samplers, *self.judges, self.learner]:
+        self.samplers.close()
+        for handle in [*self.samplers.handles, *self.judges.handles, self.learner.handle]:
             ray.kill(handle)
         for group in self.placement_groups:
             remove_placement_group(group)
+
+
+class LocalActors:
+    """The same facades over plain in-process objects: the cycle, a round or a script runs
+    without Ray (one process, phases one after another)."""
+
+    def __init__(self, cfg: RunConfig):
+        from policies.learner import Learner
+        from policies.samplers import sampler_class
+
+        calls = LocalCalls()
+        cls = sampler_class(cfg.sampler.backend)
+        self.samplers = SamplerPool([LocalHandle(cls(cfg.model, cfg.sampler)) for _ in range(cfg.sampler.replicas)], calls)
+        self.judges = JudgePool([LocalHandle(JudgeWorker(cfg.judge)) for _ in range(cfg.judging.actors)],
+                                cfg.judging.in_flight, judge_name(cfg.judge))
+        self.learner = LearnerHandle(LocalHandle(Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed)), calls)
+
+    def shutdown(self) -> None:
+        self.samplers.close()
+
+
+def start_judges(judge_cfg, judging) -> "JudgePool":
+    """JudgeWorker actors for one judge config (the run's, or an evaluation's own)."""
+    judge_cls = ray.remote(JudgeWorker).options(num_cpus=judging.num_cpus, num_gpus=judging.num_gpus, max_restarts=1)
+    return JudgePool([judge_cls.remote(judge_cfg) for _ in range(judging.actors)], judging.in_flight, judge_name(judge_cfg))
+
+
+def judge_name(judge_cfg) -> str:
+    return getattr(judge_cfg, "name", None) or judge_cfg.type
 
 
 def sampler_placement(sampler) -> tuple[dict, object | None]:
@@ -205,45 +230,107 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
     return dict(num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy), group
 
 
-def map_chunks(
-    handles: list, method: str, chunks: list[tuple], on_done: Callable[[int], None] = lambda n: None
-) -> list:
-    """Call `method(*chunk)` for every chunk, round-robin over the actors; results come back
-    in chunk order. `on_done(i)` fires as each chunk finishes (for progress)."""
-    refs = [getattr(handles[i % len(handles)], method).remote(*chunk) for i, chunk in enumerate(chunks)]
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list = [None] * len(refs)
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        i = index[done[0]]
-        results[i] = ray.get(done[0])
-        on_done(i)
-    return results
+# ---------------------------------------------------------------------------------------------
+# Facades: what the cycle calls. Each wraps handles whose `.method.remote(*args)` return a
+# future (a Ray ObjectRef, or a finished LocalHandle call), resolved through `Calls`.
+# ---------------------------------------------------------------------------------------------
 
 
-class ObjectStorePublisher:
-    """Learner -> samplers through the Ray object store: no shared filesystem, works across
-    nodes. Every sampler must report back the version and checksum it now serves."""
+class RayCalls:
+    def get(self, futures):
+        return ray.get(futures)
 
-    def __init__(self, samplers: list):
-        self.samplers = samplers
+    def each_done(self, futures: list):
+        """(index, result) as each future finishes."""
+        index = {ref: i for i, ref in enumerate(futures)}
+        pending = list(futures)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield index[done[0]], ray.get(done[0])
 
-    def publish(self, payload: AdapterPayload) -> None:
-        ref = ray.put(payload)
-        served = ray.get([s.load_adapter.remote(ref) for s in self.samplers])
-        self._check(served, payload)
 
-    def ensure(self, payload: AdapterPayload) -> None:
+class Done:
+    """A LocalHandle call's result, standing in for an ObjectRef (it also passes as an
+    argument to another local call, as a ref does to an actor)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class LocalCalls:
+    def get(self, futures):
+        return [f.value for f in futures] if isinstance(futures, list) else futures.value
+
+    def each_done(self, futures: list):
+        for i, f in enumerate(futures):
+            yield i, f.value
+
+
+class LocalHandle:
+    """An in-process object behind Ray's handle API: `h.method.remote(*args)` runs the call at
+    once; a coroutine method returns its coroutine (awaited by the judge pool, like a ref)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.obj, name)
+
+        def remote(*args):
+            args = [a.value if isinstance(a, Done) else a for a in args]
+            return fn(*args) if asyncio.iscoroutinefunction(fn) else Done(fn(*args))
+
+        return SimpleNamespace(remote=remote)
+
+
+Calls = RayCalls | LocalCalls
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A published adapter: `ref` is what travels to the samplers (the learner's own object,
+    so the bytes never pass back through the driver), `payload` the driver's copy to save."""
+
+    ref: Any
+    payload: AdapterPayload
+
+
+class SamplerPool:
+    """The sampler replicas: chunks round-robin, adapters verified on every replica."""
+
+    def __init__(self, handles: list, calls: Calls | None = None):
+        self.handles, self.calls = handles, calls or RayCalls()
+
+    def generate(self, chunks: list[tuple], on_done: Callable[[int], None] = lambda i: None) -> list[list[Sample]]:
+        """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i)` as each finishes."""
+        futures = [self.handles[i % len(self.handles)].generate.remote(*c) for i, c in enumerate(chunks)]
+        results: list = [None] * len(futures)
+        for i, result in self.calls.each_done(futures):
+            results[i] = result
+            on_done(i)
+        return results
+
+    def serving(self) -> list[tuple]:
+        return [tuple(v) for v in self.calls.get([s.serving.remote() for s in self.handles])]
+
+    def publish(self, adapter: Exported) -> None:
+        """Every sampler loads the adapter and must report back the version and checksum it now serves."""
+        self._check(self.calls.get([s.load_adapter.remote(adapter.ref) for s in self.handles]), adapter.payload)
+
+    def ensure(self, adapter: Exported) -> None:
         """Before sampling: a sampler that serves anything else (a restarted actor serves
-        nothing) gets the payload again; then all must match."""
-        served = ray.get([s.serving.remote() for s in self.samplers])
-        stale = [s for s, v in zip(self.samplers, served) if tuple(v) != (payload.version, payload.checksum)]
+        nothing) gets the adapter again; then all must match."""
+        expected = (adapter.payload.version, adapter.payload.checksum)
+        stale = [s for s, v in zip(self.handles, self.serving()) if v != expected]
         if stale:
-            ref = ray.put(payload)
-            ray.get([s.load_adapter.remote(ref) for s in stale])
-            served = ray.get([s.serving.remote() for s in self.samplers])
-        self._check(served, payload)
+            self.calls.get([s.load_adapter.remote(adapter.ref) for s in stale])
+        self._check(self.serving(), adapter.payload)
+
+    def close(self) -> None:
+        try:
+            self.calls.get([s.close.remote() for s in self.handles])
+        except Exception:  # noqa: BLE001 - a dead sampler has nothing left to clean
+            pass
 
     @staticmethod
     def _check(served, payload: AdapterPayload) -> None:
@@ -253,3 +340,53 @@ class ObjectStorePublisher:
                     f"sampler {i} serves adapter v{version} ({str(checksum)[:12]}), expected "
                     f"v{payload.version} ({payload.checksum[:12]}); refusing to sample from a stale adapter"
                 )
+
+
+class JudgePool:
+    """The judge actors: chunks with back-pressure (judge_pool), and their usage counters."""
+
+    def __init__(self, handles: list, in_flight: int, name: str):
+        self.handles, self.in_flight, self.name = handles, in_flight, name
+
+    def judge(self, chunks: list[tuple], on_done: Callable[[int], None] = lambda i: None) -> tuple[list[list[Judgment]], dict]:
+        """The chunks' judgments, and the judges' usage over them (tokens, cost, requests;
+        empty for judges that report none) as `judge_*` metrics."""
+        return asyncio.run(self._judge(chunks, on_done))
+
+    async def _judge(self, chunks, on_done):
+        parts = await judge_pool(self.handles, chunks, self.in_flight, self.name, on_done)
+        reports = await asyncio.gather(*(h.take_usage.remote() for h in self.handles), return_exceptions=True)
+        usage: dict[str, float] = {}
+        for report in reports:  # a dead actor's counters are lost with it; the judgments are not
+            for k, v in (report if isinstance(report, dict) else {}).items():
+                usage[f"judge_{k}"] = usage.get(f"judge_{k}", 0) + v
+        return parts, usage
+
+
+class LearnerHandle:
+    """The learner, one call per method; `export` leaves the adapter where samplers can fetch it."""
+
+    def __init__(self, handle, calls: Calls | None = None):
+        self.handle, self.calls = handle, calls or RayCalls()
+
+    def _call(self, method: str, *args):
+        return self.calls.get(getattr(self.handle, method).remote(*args))
+
+    def begin(self, examples: list, iteration: int) -> int:
+        return self._call("begin", examples, iteration)
+
+    def step(self) -> dict:
+        return self._call("step")
+
+    def finish(self) -> dict:
+        return self._call("finish")
+
+    def state_bytes(self) -> bytes:
+        return self._call("state_bytes")
+
+    def restore(self, payload: AdapterPayload, state: bytes | None, version: int | None = None) -> None:
+        self._call("restore", payload, state, version)
+
+    def export(self) -> Exported:
+        ref = self.handle.export.remote()
+        return Exported(ref, self.calls.get(ref))

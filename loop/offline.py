@@ -94,7 +94,7 @@ def _iteration_examples(d: Path) -> list[Example]:
 def train(cfg, data: str, out: str | None = None) -> dict:
     """Train the config's objective on `data` (learner.epochs passes) and save the adapter,
     which `alignloop run` can start from with `model.adapter: OUT`."""
-    from loop.cycle import phase  # imports torch lazily, after the config was validated
+    from loop.progress import phase
     from loop.store import atomic_write_dir, atomic_write_text
     from policies.learner import Learner
 

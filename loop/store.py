@@ -20,7 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, TypeVar
 
+import yaml
 from pydantic import BaseModel
+
+from loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
+from policies.adapter import AdapterPayload
+from records import Judgment, Prompt, Sample
 
 STEPS = ("sample", "judge", "learn")
 # mkstemp creates files 0600; artifacts should get the usual permissions (the umask's).
@@ -85,6 +90,15 @@ class RunState:
     adapter_version: int = 0
     adapter_checksum: str | None = None
     data: dict = field(default_factory=dict)
+    # Where the run starts (a nightly round: the series' promoted adapter). `base` iterations
+    # ran before it in its series: this run's iteration i is the series' base + i, which seeds
+    # sampling and training, so N one-iteration rounds equal one N-iteration run.
+    base: int = 0
+    origin: str | None = None  # a directory with adapter/ and (unless fresh) learner_state.pt
+
+    def last_learned(self) -> int:
+        """This run's iteration whose adapter is the current one (0: the starting adapter)."""
+        return self.iteration if self.step == "learn" else self.iteration - 1
 
     def next_step(self) -> tuple[int, Step]:
         """The step a resumed run starts with."""
@@ -100,6 +114,45 @@ class RunStore:
 
     def iter_dir(self, iteration: int) -> Path:
         return self.root / f"iter-{iteration:04d}"
+
+    # per-iteration artifacts ---------------------------------------------------------------
+    def save_samples(self, i: int, prompts: list[Prompt], samples: list[Sample]) -> None:
+        write_jsonl(self.iter_dir(i) / "prompts.jsonl", prompts)
+        write_jsonl(self.iter_dir(i) / "samples.jsonl", samples)
+
+    def load_samples(self, i: int) -> tuple[list[Prompt], list[Sample]]:
+        d = self.iter_dir(i)
+        return read_jsonl(d / "prompts.jsonl", Prompt), read_jsonl(d / "samples.jsonl", Sample)
+
+    def judgments_path(self, i: int) -> Path:
+        return self.iter_dir(i) / "judgments.jsonl"
+
+    def save_judgments(self, i: int, judgments: list[Judgment]) -> None:
+        write_jsonl(self.judgments_path(i), judgments)
+
+    def load_judgments(self, i: int) -> list[Judgment] | None:
+        path = self.judgments_path(i)
+        return read_jsonl(path, Judgment) if path.exists() else None
+
+    def save_learned(self, i: int, payload: AdapterPayload, learner_state: bytes) -> None:
+        """The adapter and the optimizer state after iteration i; only the newest optimizer
+        state is needed to resume, so the previous one is removed once this one is written."""
+        atomic_write_dir(self.iter_dir(i) / "adapter", payload.files())
+        atomic_write_bytes(self.iter_dir(i) / "learner_state.pt", learner_state)
+
+    def drop_old_learner_state(self, i: int) -> None:
+        (self.iter_dir(i - 1) / "learner_state.pt").unlink(missing_ok=True)
+
+    def starting_point(self, state: RunState) -> tuple[AdapterPayload, bytes | None] | None:
+        """The adapter (and optimizer state) a resumed run continues from: its last learned
+        iteration, else its origin; None for a fresh adapter."""
+        last = state.last_learned()
+        source = self.iter_dir(last) if last else Path(state.origin) if state.origin else None
+        if source is None:
+            return None
+        payload = AdapterPayload.from_dir(source / "adapter", state.adapter_version)
+        opt = source / "learner_state.pt"
+        return payload, opt.read_bytes() if opt.exists() else None
 
     # state -----------------------------------------------------------------
     @property
@@ -146,3 +199,24 @@ class RunStore:
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
+    """Refuse to mix two configs in one run directory, or to clobber progress by accident."""
+    store = RunStore(cfg.resolved_run_dir)
+    if overwrite:
+        store.reset()
+    elif store.has_progress():
+        if not resume:
+            raise ConfigError(
+                f"{store.root} already holds a run; pass --resume to continue it or --overwrite to start over"
+            )
+        saved = yaml.safe_load(store.config_path.read_text()) if store.config_path.exists() else {}
+        conflicts = resume_conflicts(saved, cfg)
+        if conflicts:
+            raise ConfigError(
+                f"{store.root} holds a run with a different config (fields: {', '.join(conflicts)}); "
+                "resume with the same config, use another run name, or pass --overwrite to start over"
+            )
+    atomic_write_text(store.config_path, to_yaml(cfg))
+    return store

@@ -68,12 +68,15 @@ class Learner:
         torch.save({"optimizer": self.optimizer.state_dict(), "version": self.version}, buf)
         return buf.getvalue()
 
-    def restore(self, payload: AdapterPayload, state: bytes) -> None:
+    def restore(self, payload: AdapterPayload, state: bytes | None, version: int | None = None) -> None:
+        """Continue from `payload` and, when given, the optimizer state saved with it (None:
+        a fresh optimizer). The next adapter is `version + 1` (default: the saved version)."""
         payload.verify()
         set_peft_model_state_dict(self.model, load_safetensors(payload.weights))
-        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.version = saved["version"]
+        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True) if state else None
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.version = version if version is not None else saved["version"] if saved else payload.version
 
     # one iteration -------------------------------------------------------------------------
     def learn(self, examples: list[Example], iteration: int) -> dict:

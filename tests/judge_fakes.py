@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from pydantic import BaseModel, ConfigDict
 
-from loop.actors import JudgeWorker
+from loop.actors import JudgePool, JudgeWorker, judge_name
 from loop.config import validate_config
 from records import Message, Prompt, Sample
 from loop.store import RunStore
@@ -56,7 +56,8 @@ def make_cycle(judge: dict, run_dir: Path, actors: int = 2, handles=None, **judg
     if handles is None:
         handles = [FakeHandle(JudgeWorker(cfg.judge)) for _ in range(actors)]
     dataset = [Prompt(id="d", messages=[Message(role="user", content="unused")])]  # the judge step draws none
-    return Cycle(cfg, RunStore(run_dir), SimpleNamespace(judges=handles), dataset)
+    pool = JudgePool(handles, cfg.judging.in_flight, judge_name(cfg.judge))
+    return Cycle(cfg, RunStore(run_dir), SimpleNamespace(judges=pool), dataset)
 
 
 class SlowRules:

@@ -63,11 +63,11 @@ class HFSampler:
 
     # sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int) -> list[Sample]:
-        """k = samples_per_prompt responses for every prompt, prompt-major order. `seed` fixes
-        the draw, so the same chunk gives the same samples on any replica."""
+    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None) -> list[Sample]:
+        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order.
+        `seed` fixes the draw, so the same chunk gives the same samples on any replica."""
         torch.manual_seed(seed)
-        k = self.cfg.samples_per_prompt
+        k = n or self.cfg.samples_per_prompt
         prompt_ids = [render_prompt(self.tokenizer, p.messages) for p in prompts]
         width = max(map(len, prompt_ids))
         pad = self.tokenizer.pad_token_id

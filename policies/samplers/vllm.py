@@ -77,13 +77,13 @@ class VLLMSampler:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # sampling ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int) -> list[Sample]:
-        """k = samples_per_prompt responses for every prompt, prompt-major order. Prompt i gets
-        seed + i*k and vLLM gives its j-th response seed + i*k + j, so the same chunk gives the
-        same samples on any replica, whatever else the engine is batching."""
-        k = self.cfg.samples_per_prompt
+    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None) -> list[Sample]:
+        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order.
+        Prompt i gets seed + i*k and vLLM gives its j-th response seed + i*k + j, so the same
+        chunk gives the same samples on any replica, whatever else the engine is batching."""
+        k = n or self.cfg.samples_per_prompt
         ids = [render_prompt(self.tokenizer, p.messages) for p in prompts]
-        params = [self.params(seed + i * k) for i in range(len(prompts))]
+        params = [self.params(seed + i * k, k) for i in range(len(prompts))]
         outputs = generate_ids(self.llm, ids, params, self.lora)
         return [
             self._to_sample(prompt, iteration, j, completion)
@@ -91,11 +91,11 @@ class VLLMSampler:
             for j, completion in enumerate(out.outputs)
         ]
 
-    def params(self, seed: int):
+    def params(self, seed: int, n: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=self.cfg.samples_per_prompt, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+            n=n or self.cfg.samples_per_prompt, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
             max_tokens=self.cfg.max_new_tokens, seed=seed, stop_token_ids=self.stop_ids,
             # 0 top alternatives: only the sampled token's log-prob comes back.
             logprobs=0 if self.logprobs_mode else None,

@@ -66,7 +66,8 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
 
     from loop.actors import Actors, start_ray
     from loop.config import load_config
-    from loop.cycle import Cycle, prepare_run_dir
+    from loop.cycle import Cycle
+    from loop.store import prepare_run_dir
     from loop.data import load_prompts
 
     cfg = load_config(write_config(tmp_path, tiny_model, "run", sampler={"replicas": 2}))
@@ -79,14 +80,14 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     try:
         cycle = Cycle(cfg, store, actors, load_prompts(cfg.data.path))
         cycle.restore()
-        assert ray.get([s.serving.remote() for s in actors.samplers]) == [(0, cycle.payload.checksum)] * 2
+        assert actors.samplers.serving() == [(0, cycle.payload.checksum)] * 2
         cycle.iteration(1, "sample")
         published = cycle.payload
         assert published.version == 1
         # After iteration 1 every sampler serves exactly the adapter the learner published.
-        served = ray.get([s.serving.remote() for s in actors.samplers])
+        served = actors.samplers.serving()
         assert served == [(1, published.checksum)] * 2
-        learner_now = ray.get(actors.learner.export.remote())
+        learner_now = actors.learner.export().payload
         assert learner_now.checksum == published.checksum
         on_disk = (store.iter_dir(1) / "adapter" / "adapter_model.safetensors").read_bytes()
         assert on_disk == published.weights

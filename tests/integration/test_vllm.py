@@ -24,9 +24,10 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load as load_safetensors, save as save_safetensors  # noqa: E402
 
-from loop.actors import Actors, start_ray  # noqa: E402
+from loop.actors import Actors, Exported, start_ray  # noqa: E402
 from loop.config import validate_config  # noqa: E402
-from loop.cycle import Cycle, prepare_run_dir  # noqa: E402
+from loop.cycle import Cycle  # noqa: E402
+from loop.store import prepare_run_dir  # noqa: E402
 from loop.data import load_prompts  # noqa: E402
 from records import Judgment  # noqa: E402
 from policies.adapter import AdapterPayload  # noqa: E402
@@ -80,14 +81,14 @@ def loop(tmp_path_factory):
 
 def sampler_state(actors) -> dict:
     """What the one sampler actor serves, the LoRA ids its engine holds, and its adapter dirs."""
-    (sampler,) = actors.samplers
+    (sampler,) = actors.samplers.handles
     dirs = sampler.__ray_call__.remote(lambda self: sorted(p.name for p in self.workdir.iterdir()))
     served, loaded, dirs = ray.get([sampler.serving.remote(), sampler.loaded_adapters.remote(), dirs])
     return {"serving": tuple(served), "loaded": loaded, "dirs": dirs}
 
 
 def sample_chunk(actors, prompts, seed: int = 11):
-    (sampler,) = actors.samplers
+    (sampler,) = actors.samplers.handles
     return ray.get(sampler.generate.remote(prompts, 3, seed))
 
 
@@ -95,7 +96,7 @@ def logprob_gaps(actors, prompts, samples) -> list[float]:
     """|sampler log-prob - learner log-prob| per token, the learner scoring the same tokens."""
     by_id = {p.id: p for p in prompts}
     examples = [Example(by_id[s.prompt_id], s, Judgment(sample_id=s.id, judge="t")) for s in samples]
-    mine = ray.get(actors.learner.sequence_logprobs.remote(examples))
+    mine = ray.get(actors.learner.handle.sequence_logprobs.remote(examples))
     assert [len(m) for m in mine] == [len(s.logprobs) for s in samples]
     return [abs(a - b) for s, m in zip(samples, mine) for a, b in zip(s.logprobs, m)]
 
@@ -171,7 +172,7 @@ def test_two_iterations_publish_serve_and_unload(loop):
 
 def test_logprobs_match_the_learner_and_a_large_change_moves_them(loop):
     cfg, store, actors, cycle = loop
-    assert ray.get(actors.learner.export.remote()).checksum == cycle.payload.checksum  # both at v2
+    assert actors.learner.export().payload.checksum == cycle.payload.checksum  # both at v2
     prompts = cycle.prompts[:3]
     samples = sample_chunk(actors, prompts)
     again = sample_chunk(actors, prompts)
@@ -181,14 +182,14 @@ def test_logprobs_match_the_learner_and_a_large_change_moves_them(loop):
     assert max(gaps) < LOGPROB_TOL
 
     # v3: a large change, published to the sampler; the learner keeps v2 for now.
-    state = ray.get(actors.learner.state_bytes.remote())
+    state = actors.learner.state_bytes()
     v3 = perturbed(cycle.payload, 3)
-    actors.publisher.publish(v3)
+    actors.samplers.publish(Exported(v3, v3))
     assert sampler_state(actors)["serving"] == (3, v3.checksum)
     samples3 = sample_chunk(actors, prompts)
     assert {s.policy_version for s in samples3} == {3}
     stale = logprob_gaps(actors, prompts, samples3)  # v3's samples scored by v2
-    ray.get(actors.learner.restore.remote(v3, state))
+    actors.learner.restore(v3, state)
     fresh = logprob_gaps(actors, prompts, samples3)  # ... and by v3
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     print(f"v3 samples: gap to v2 {mean(stale):.2e} mean, to v3 {mean(fresh):.2e} mean (max {max(fresh):.2e})")

@@ -52,7 +52,7 @@ def test_results_in_sample_order_with_bounded_chunks_in_flight_per_actor(tmp_pat
     judgments = cycle.judge(prompts, samples)
     assert [j.sample_id for j in judgments] == [s.id for s in samples]
     assert sorted(CALLS) == [s.id for s in samples], "every sample judged exactly once"
-    handles = cycle.actors.judges
+    handles = cycle.actors.judges.handles
     assert max(h.max_active for h in handles) == 2 and all(h.max_active <= 2 for h in handles)
     assert sum(h.calls for h in handles) - 3 == 13  # 13 chunks, plus one take_usage per actor
 
@@ -68,7 +68,7 @@ def test_usage_is_summed_over_actors_per_iteration(tmp_path):
 
 def test_a_dead_actor_hands_its_chunk_to_the_others(tmp_path):
     cycle = make_cycle(flaky(), tmp_path, actors=3, chunk_size=2)
-    handles = cycle.actors.judges
+    handles = cycle.actors.judges.handles
     handles[0].broken = RuntimeError("The actor died unexpectedly before finishing this task.")
     prompts, samples = prompts_and_samples([f"r{i}" for i in range(10)])
     judgments = cycle.judge(prompts, samples)
@@ -78,7 +78,7 @@ def test_a_dead_actor_hands_its_chunk_to_the_others(tmp_path):
 
 def test_when_every_actor_is_dead_every_sample_is_an_error(tmp_path):
     cycle = make_cycle(flaky(), tmp_path, actors=2, chunk_size=2)
-    for h in cycle.actors.judges:
+    for h in cycle.actors.judges.handles:
         h.broken = RuntimeError("ActorDiedError: ConfigError: environment variable OPENAI_API_KEY is not set")
     prompts, samples = prompts_and_samples([f"r{i}" for i in range(7)])
     judgments = cycle.judge(prompts, samples)

@@ -1,0 +1,27 @@
+"""Per-iteration metrics computed from the records (what metrics.json and the summary line hold)."""
+
+from __future__ import annotations
+
+from records import Judgment, Sample
+
+
+def sample_metrics(samples: list[Sample]) -> dict:
+    return {
+        "n_samples": len(samples),
+        "tokens_sampled": sum(len(s.token_ids or ()) for s in samples),
+        "finished_rate": sum(s.finish_reason == "stop" for s in samples) / len(samples),
+        "policy_version": samples[0].policy_version,
+    }
+
+
+def judgment_metrics(judgments: list[Judgment]) -> dict:
+    verdicts = [j.verdict for j in judgments if j.error is None and j.verdict is not None]
+    scores = [j.score for j in judgments if j.error is None and j.score is not None]
+    errors = sum(j.error is not None for j in judgments)
+    return {
+        "pass_rate": sum(v == "positive" for v in verdicts) / len(verdicts) if verdicts else None,
+        "mean_score": sum(scores) / len(scores) if scores else None,
+        "n_judged": len(judgments) - errors,
+        "n_judge_errors": errors,
+        "judge_error_rate": errors / max(1, len(judgments)),
+    }
