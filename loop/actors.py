@@ -158,6 +158,7 @@ class Actors:
         from policies.learner import Learner
         from policies.samplers import sampler_class
 
+        self.cfg, self.extra_judges = cfg, []
         sampler_cls = ray.remote(sampler_class(cfg.sampler.backend))
         placed = [sampler_placement(cfg.sampler) for _ in range(cfg.sampler.replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
@@ -166,9 +167,16 @@ class Actors:
         learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
         self.learner = LearnerHandle(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
+    def add_judges(self, judge_cfg) -> "JudgePool":
+        """Judge actors of another judge config (an eval's own), shut down with the rest."""
+        pool = start_judges(judge_cfg, self.cfg.judging)
+        self.extra_judges.append(pool)
+        return pool
+
     def shutdown(self) -> None:
         self.samplers.close()
-        for handle in [*self.samplers.handles, *self.judges.handles, self.learner.handle]:
+        extra = [h for pool in self.extra_judges for h in pool.handles]
+        for handle in [*self.samplers.handles, *self.judges.handles, *extra, self.learner.handle]:
             ray.kill(handle)
         for group in self.placement_groups:
             remove_placement_group(group)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 from loop.config import ConfigError, load_config, to_yaml
@@ -29,16 +31,28 @@ def main(argv: list[str] | None = None) -> int:
     train_p.add_argument("--out", help="adapter directory to write (default: <run_dir>/offline-adapter)")
     train_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    status = sub.add_parser("status", help="iterations done and the metrics table of a run directory")
+    rnd = sub.add_parser("round", help="run one nightly round of a series: new prompts, gate, promote")
+    rnd.add_argument("config", help="YAML config with a `round:` section, e.g. configs/nightly.yaml")
+    rnd.add_argument("--round", dest="round_id", default=None,
+                     help="round id (default: today's UTC date, e.g. 2026-12-01); rerunning an id resumes or reports it")
+    rnd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rnd.add_argument("--fresh-optimizer", action="store_true", help="start the optimizer afresh (round.fresh_optimizer)")
+    rnd.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end (for schedulers)")
+
+    status = sub.add_parser("status", help="the metrics table of a run directory, or the rounds of a series")
     status.add_argument("run_dir")
 
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
             return show_status(Path(args.run_dir))
+        if args.command == "round" and args.fresh_optimizer:
+            args.overrides.append("round.fresh_optimizer=true")
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             return train_offline(cfg, args.data, args.out)
+        if args.command == "round":
+            return run_round(cfg, args.round_id or time.strftime("%Y-%m-%d", time.gmtime()), args.json)
         if args.resume and args.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         if args.dry_run:
@@ -48,20 +62,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignloop: {e}", file=sys.stderr)
         return 2
 
-    from loop.cycle import JudgeErrorRate, run as run_cycle  # imports torch and Ray
+    from loop.cycle import run as run_cycle  # imports torch and Ray
+
+    code = guarded(lambda: run_cycle(cfg, resume=args.resume, overwrite=args.overwrite))
+    if code == 0:
+        print(f"done: {cfg.resolved_run_dir} (alignloop status {cfg.resolved_run_dir})")
+    return code
+
+
+# Exit codes (the README lists them): 0 done / promoted, 1 a crash, 2 config or data error,
+# 3 judge error budget, 4 round not promoted by the gate, 5 no new prompts, 6 locked.
+def guarded(work) -> int:
+    """Run `work`, turning the errors a user can act on into a message and an exit code."""
+    from loop.cycle import JudgeErrorRate
     from loop.data import DataError
+    from loop.lock import Locked
     from policies.model import ModelNotFound
 
     try:
-        run_cycle(cfg, resume=args.resume, overwrite=args.overwrite)
+        work()
     except (ConfigError, DataError, ModelNotFound) as e:
         print(f"alignloop: {e}", file=sys.stderr)
         return 2
     except JudgeErrorRate as e:  # the run stopped itself on purpose; everything finished is saved
         print(f"alignloop: stopped: {e}", file=sys.stderr)
         return 3
-    print(f"done: {cfg.resolved_run_dir} (alignloop status {cfg.resolved_run_dir})")
+    except Locked as e:
+        print(f"alignloop: {e}", file=sys.stderr)
+        return 6
     return 0
+
+
+def run_round(cfg, round_id: str, as_json: bool) -> int:
+    from loop.series import run_round as run_one_round
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", round_id):
+        print(f"alignloop: --round {round_id!r}: use only letters, digits, '.', '_' and '-'", file=sys.stderr)
+        return 2
+    result = []
+    code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
+    if result:
+        code = result[0].code
+        print(result[0].message, file=sys.stderr if code else sys.stdout)
+    if as_json:
+        summary = result[0].summary() if result else {"code": code, "round": round_id}
+        print(json.dumps({"series": str(cfg.series_dir), **summary}))
+    return code
 
 
 def train_offline(cfg, data: str, out: str | None) -> int:
@@ -87,6 +133,8 @@ COLUMNS = [
 
 
 def show_status(run_dir: Path) -> int:
+    if (run_dir / "series.json").exists():
+        return show_series(run_dir)
     state_path = run_dir / "state.json"
     if not state_path.exists():
         print(f"alignloop: {run_dir} is not a run directory (no state.json)", file=sys.stderr)
@@ -100,14 +148,43 @@ def show_status(run_dir: Path) -> int:
     return 0
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], columns=COLUMNS) -> str:
     def cell(row, key, spec):
         v = row.get(key)
         return "-" if v is None else format(v, spec)
 
-    table = [[h for h, _, _ in COLUMNS]] + [[cell(r, k, s) for _, k, s in COLUMNS] for r in rows]
-    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS))]
+    table = [[h for h, _, _ in columns]] + [[cell(r, k, s) for _, k, s in columns] for r in rows]
+    widths = [max(len(r[c]) for r in table) for c in range(len(columns))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in table)
+
+
+SERIES_COLUMNS = [
+    ("round", "id", "s"), ("status", "status", "s"), ("prompts", "n_prompts", "d"), ("iters", "iterations", "d"),
+    ("train_pass", "train_pass", ".3f"), ("eval_before", "before", ".3f"), ("eval_after", "after", ".3f"),
+    ("promoted", "promoted", "s"), ("adapter", "adapter_version", "d"),
+]
+
+
+def show_series(root: Path) -> int:
+    from loop.series import Series
+
+    series = Series(root)
+    try:
+        rounds = series.rounds()
+    except ConfigError as e:
+        print(f"alignloop: {e}", file=sys.stderr)
+        return 2
+    rows = [{
+        "id": r.id, "status": r.status, "n_prompts": r.n_prompts, "iterations": r.iterations,
+        "train_pass": r.train.get("pass_rate"), "before": (r.eval_before or {}).get("pass_rate"),
+        "after": (r.eval_after or {}).get("pass_rate"), "adapter_version": r.adapter_version,
+        "promoted": {"promoted": "yes", "rejected": "no"}.get(r.status, "-"),
+    } for r in rounds]
+    promoted = series.promoted()
+    now = f"current: {series.current} -> v{promoted.adapter_version} of round {promoted.id}" if promoted else "current: none promoted yet"
+    print(f"{root}: series of {len(rounds)} round(s); {now}")
+    print(format_table(rows, SERIES_COLUMNS))
+    return 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    path: str = Field(description="Prompt file: .jsonl or .parquet (see README, 'Prompt data').")
+    path: str = Field(
+        description="Prompts: a .jsonl/.parquet file, a directory of them or a glob; `{round}` is a nightly round's id (see README, 'Prompt data')."
+    )
     prompts_per_iteration: int = Field(16, gt=0, description="Prompts drawn per iteration.")
     shuffle: bool = Field(True, description="Shuffle the order each pass over the dataset.")
 
@@ -129,6 +131,21 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local instance (None: all).")
 
 
+class EvalConfig(Strict):
+    path: str = Field(description="Held-out prompts: a file, a directory or a glob (never trained on).")
+    samples_per_prompt: int = Field(2, gt=0, description="Responses per eval prompt.")
+    metric: Literal["pass_rate", "mean_score"] = Field("pass_rate", description="What the gate compares.")
+    margin: float = Field(0.0, ge=0, description="Promote unless the candidate is worse than the promoted adapter by more than this.")
+    judge: JudgeConfig | None = Field(None, description="The eval's own judge (None: the run's judge).")
+
+
+class RoundConfig(Strict):
+    series_dir: str | None = Field(None, description="The series directory (None: runs/<name>).")
+    max_prompts: int | None = Field(None, gt=0, description="New prompts a round trains on at most (None: all new ones).")
+    fresh_optimizer: bool = Field(False, description="Start each round's optimizer afresh instead of from the promoted adapter's.")
+    eval: EvalConfig | None = Field(None, description="The promotion gate (None: every finished round is promoted).")
+
+
 class RunConfig(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     run_dir: str | None = Field(None, description="Where artifacts go (None: runs/<name>).")
@@ -141,6 +158,7 @@ class RunConfig(Strict):
     judging: JudgingConfig = Field(default_factory=JudgingConfig, description="The judge actors and error budget.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Objective and optimisation.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the actors run.")
+    round: RoundConfig = Field(default_factory=RoundConfig, description="Nightly rounds (`alignloop round`): series, new prompts, gate.")
 
     @model_validator(mode="after")
     def _name_is_a_directory_name(self) -> "RunConfig":
@@ -161,6 +179,10 @@ class RunConfig(Strict):
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or Path("runs") / self.name)
+
+    @property
+    def series_dir(self) -> Path:
+        return Path(self.round.series_dir or Path("runs") / self.name)
 
 
 # Fields that may change when a run is resumed: how long it runs and where Ray lives.

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from loop.actors import Actors, Exported, JudgePool, SamplerPool, start_ray
 from loop.config import RunConfig
 from loop.data import PromptStream, load_prompts
+from loop.lock import DirLock
 from loop.metrics import judgment_metrics, sample_metrics
 from loop.progress import phase, summary_line
 from loop.store import RunState, RunStore, prepare_run_dir
@@ -64,6 +65,10 @@ class Cycle:
     # the loop --------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         self.restore()
+        return self.run_iterations()
+
+    def run_iterations(self) -> list[dict]:
+        """From the step after the last finished one to the last iteration (after restore())."""
         iteration, step = self.state.next_step()
         while iteration <= self.cfg.iterations:
             self.iteration(iteration, step)
@@ -193,6 +198,11 @@ def _seed(seed: int, iteration: int, offset: int) -> int:
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:
+    with DirLock(cfg.resolved_run_dir, "run directory"):
+        return _run(cfg, resume, overwrite)
+
+
+def _run(cfg: RunConfig, resume: bool, overwrite: bool) -> list[dict]:
     store = prepare_run_dir(cfg, resume, overwrite)
     state = store.load_state()
     if state and state.next_step()[0] > cfg.iterations:
@@ -210,6 +220,8 @@ def started_actors(cfg: RunConfig):
         preflight(cfg.model.path)  # on a cluster the workers' nodes, not the driver's, must have it
     start_ray(cfg.ray)
     actors = Actors(cfg)
+    if cfg.round.eval and cfg.round.eval.judge:
+        actors.eval_judges = actors.add_judges(cfg.round.eval.judge)
     try:
         yield actors
     finally:

@@ -10,6 +10,8 @@ Row schema (one JSON object per line, or one Parquet row):
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,46 @@ class DataError(Exception):
     """A bad dataset: the message names the file and the line (or row) at fault."""
 
 
-def load_prompts(path: str | Path) -> list[Prompt]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such prompt file (set data.path to a .jsonl or .parquet file)")
-    rows = _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+PROMPT_SUFFIXES = (".jsonl", ".parquet")
+
+
+def prompt_files(path: str | Path, round_id: str | None = None) -> list[Path]:
+    """The files `data.path` names: a file, a directory (its .jsonl/.parquet files) or a glob,
+    sorted by name; `{round}` in it becomes the round id (nightly rounds)."""
+    text = str(path)
+    if "{round}" in text:
+        if round_id is None:
+            raise DataError(f"data.path {text!r} has a {{round}} placeholder; it is filled in by `alignloop round`")
+        text = text.replace("{round}", round_id)
+    p = Path(text)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in PROMPT_SUFFIXES and f.is_file())
+        where = f"directory {p}"
+    elif any(c in text for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+        where = f"glob {text!r}"
+    else:
+        raise DataError(f"{p}: no such prompt file (set data.path to a .jsonl or .parquet file, a directory or a glob)")
+    if not files:
+        raise DataError(f"{where} holds no .jsonl or .parquet prompt file")
+    return files
+
+
+def load_prompts(path: str | Path, round_id: str | None = None) -> list[Prompt]:
+    """Every prompt of the files `path` names, in file then row order. Ids must be unique
+    across the files (a row's default id is `<file stem>-<line>`)."""
     prompts, seen = [], {}
-    for where, row in rows:
-        prompt = row_to_prompt(row, default_id=f"{path.stem}-{where}", where=f"{path}:{where}")
-        if prompt.id in seen:
-            raise DataError(f"{path}:{where}: duplicate id {prompt.id!r} (first at line {seen[prompt.id]})")
-        seen[prompt.id] = where
-        prompts.append(prompt)
+    for file in prompt_files(path, round_id):
+        for where, row in _read_parquet(file) if file.suffix == ".parquet" else _read_jsonl(file):
+            prompt = row_to_prompt(row, default_id=f"{file.stem}-{where}", where=f"{file}:{where}")
+            if prompt.id in seen:
+                first_file, first = seen[prompt.id]
+                at = f"line {first}" if first_file == file else f"{first_file}:{first}"
+                raise DataError(f"{file}:{where}: duplicate id {prompt.id!r} (first at {at})")
+            seen[prompt.id] = (file, where)
+            prompts.append(prompt)
     if not prompts:
         raise DataError(f"{path}: holds no prompts")
     return prompts
@@ -124,3 +154,10 @@ class PromptStream:
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "order": self.order}
+
+
+def content_hash(prompt: Prompt) -> str:
+    """sha256 of what the policy is asked (the chat), so the same prompt under another id or
+    in another file is recognised as the same."""
+    chat = json.dumps([m.model_dump() for m in prompt.messages], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(chat.encode("utf-8")).hexdigest()

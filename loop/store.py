@@ -94,7 +94,8 @@ class RunState:
     # ran before it in its series: this run's iteration i is the series' base + i, which seeds
     # sampling and training, so N one-iteration rounds equal one N-iteration run.
     base: int = 0
-    origin: str | None = None  # a directory with adapter/ and (unless fresh) learner_state.pt
+    origin: str | None = None  # a directory with adapter/ and learner_state.pt
+    origin_optimizer: bool = True  # False: start from the origin's adapter with a fresh optimizer
 
     def last_learned(self) -> int:
         """This run's iteration whose adapter is the current one (0: the starting adapter)."""
@@ -152,7 +153,8 @@ class RunStore:
             return None
         payload = AdapterPayload.from_dir(source / "adapter", state.adapter_version)
         opt = source / "learner_state.pt"
-        return payload, opt.read_bytes() if opt.exists() else None
+        fresh = not last and not state.origin_optimizer
+        return payload, None if fresh else opt.read_bytes()
 
     # state -----------------------------------------------------------------
     @property
@@ -177,8 +179,10 @@ class RunStore:
 
     def reset(self) -> None:
         """Start over: remove everything alignloop wrote here (only called on --overwrite)."""
-        if self.root.exists():
-            shutil.rmtree(self.root)
+        if self.root.exists():  # all but the lock, which the caller holds
+            for p in self.root.iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     # metrics -----------------------------------------------------------------
     def write_metrics(self, iteration: int, metrics: dict) -> None:

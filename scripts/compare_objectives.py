@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import yaml
 
-from loop.config import load_config
+from side_by_side import report, run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("runs/compare-objectives")
@@ -40,30 +39,6 @@ OBJECTIVES = {
 }
 
 
-def run_one(name: str, args: argparse.Namespace) -> list[dict]:
-    """One full run; the metrics come back from its metrics.jsonl, as any run's would."""
-    from loop.cycle import run
-
-    run_dir = OUT / name
-    overrides = [
-        f"name=compare-{name}", f"run_dir={run_dir}", f"seed={args.seed}", f"iterations={args.iterations}",
-        f"data.prompts_per_iteration={args.prompts}", f"learner.objective={OBJECTIVES[name]()}", *args.extra,
-    ]
-    run(load_config(ROOT / "configs/quickstart.yaml", overrides), overwrite=True)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def table(results: dict[str, list[dict]], key: str) -> str:
-    """Markdown: one row per iteration, one column per objective; '-' where a run has no value."""
-    n = max(len(r) for r in results.values())
-    lines = ["| iteration | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
-    for i in range(n):
-        cells = [r[i].get(key) if i < len(r) else None for r in results.values()]
-        lines.append(f"| {i + 1} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=6, help="iterations per objective")
@@ -76,15 +51,12 @@ def main() -> None:
     unknown = sorted(set(names) - set(OBJECTIVES))
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
-    results, wall = {}, {}
-    for name in names:
-        start = time.perf_counter()
-        results[name] = run_one(name, args)
-        wall[name] = time.perf_counter() - start
-    print("\nmean score (fraction of the rule judge's checks passed; iteration i samples from adapter v{i-1})\n")
-    print(table(results, "mean_score"))
-    print("\nwall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in wall.items()))
-    (OUT / "summary.json").write_text(json.dumps({"args": vars(args), "results": results, "wall_s": wall}, indent=2))
+    common = [f"seed={args.seed}", f"iterations={args.iterations}", f"data.prompts_per_iteration={args.prompts}", *args.extra]
+    variants = {name: [f"learner.objective={OBJECTIVES[name]()}"] for name in names}
+    results, wall = run_variants(ROOT / "configs/quickstart.yaml", variants, OUT, common, overwrite=True)
+    report(results, wall, {
+        "mean_score": "mean score (fraction of the rule judge's checks passed; iteration i samples from adapter v{i-1})",
+    }, OUT, args=vars(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,324 @@
+"""Nightly rounds: a series of ordinary runs that continue, are gated, and promote an adapter.
+
+    runs/<name>/series.json        one entry per round: prompts, metrics, gate verdict, adapter
+    runs/<name>/ledger.jsonl       every prompt the series has drawn: id, content hash, round
+    runs/<name>/rounds/<ID>/       an ordinary run directory (alignloop status / train --data work on it)
+        prompts.jsonl              the round's new prompts (its data.path: a rerun draws nothing again)
+        eval-before/ eval-after/   samples.jsonl judgments.jsonl metrics.json of the gate
+    runs/<name>/eval-cache/<key>/  the eval of an adapter, computed once (key: adapter + eval setup)
+    runs/<name>/current            symlink to the promoted adapter directory, switched atomically
+
+A round starts from the promoted adapter and its optimizer state; its iteration i is the
+series' iteration base + i, so a series of one-iteration rounds is one run of as many
+iterations. The gate samples and judges held-out prompts before (cached) and after training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loop.config import ConfigError, RunConfig
+from loop.data import content_hash, load_prompts
+from loop.lock import DirLock
+from loop.metrics import judgment_metrics
+from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
+from records import Prompt
+
+# Exit codes a scheduler reads (also 2: config or data error, 3: judge error budget, 1: a crash).
+PROMOTED, REJECTED, NO_NEW_PROMPTS, LOCKED = 0, 4, 5, 6
+EVAL_STEP = 0  # the sampling seed of every eval: before and after see the same draw
+
+
+@dataclass
+class RoundEntry:
+    """One round in series.json."""
+
+    id: str
+    status: str = "running"  # running | promoted | rejected
+    started: str = ""
+    finished: str | None = None
+    n_prompts: int = 0
+    iterations: int = 0
+    base: int = 0  # series iterations before this round
+    start_version: int = 0
+    start_checksum: str | None = None
+    train: dict = field(default_factory=dict)  # last iteration's pass rate, score, loss
+    eval_before: dict | None = None
+    eval_after: dict | None = None
+    verdict: str | None = None
+    adapter_version: int | None = None
+    adapter_sha256: str | None = None
+    adapter_dir: str | None = None  # relative to the series directory
+
+    @property
+    def exit_code(self) -> int:
+        return PROMOTED if self.status == "promoted" else REJECTED
+
+
+class Series:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path = self.root / "series.json"
+
+    # history -------------------------------------------------------------------------------
+    def rounds(self) -> list[RoundEntry]:
+        if not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text())
+            return [RoundEntry(**r) for r in data["rounds"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{self.path}: damaged series file ({e}); restore it from a backup or move the series away") from None
+
+    def save(self, rounds: list[RoundEntry]) -> None:
+        atomic_write_text(self.path, json.dumps({"rounds": [asdict(r) for r in rounds]}, indent=2) + "\n")
+
+    def get(self, round_id: str) -> RoundEntry | None:
+        return next((r for r in self.rounds() if r.id == round_id), None)
+
+    def put(self, entry: RoundEntry) -> None:
+        rounds = [r for r in self.rounds() if r.id != entry.id]
+        self.save(rounds + [entry])
+
+    def promoted(self) -> RoundEntry | None:
+        """The round whose adapter `current` points at (the latest promoted one)."""
+        return next((r for r in reversed(self.rounds()) if r.status == "promoted"), None)
+
+    def iterations_done(self) -> int:
+        return sum(r.iterations for r in self.rounds() if r.status != "running")
+
+    def round_dir(self, round_id: str) -> Path:
+        return self.root / "rounds" / round_id
+
+    # prompts -------------------------------------------------------------------------------
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.jsonl"
+
+    def ledger(self) -> list[dict]:
+        if not self.ledger_path.exists():
+            return []
+        return [json.loads(line) for line in self.ledger_path.read_text().splitlines() if line.strip()]
+
+    def record_drawn(self, round_id: str, prompts: list[Prompt]) -> None:
+        rows = [r for r in self.ledger() if r["round"] != round_id]
+        rows += [{"id": p.id, "sha256": content_hash(p), "round": round_id} for p in prompts]
+        atomic_write_text(self.ledger_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def new_prompts(self, prompts: list[Prompt], round_id: str) -> list[Prompt]:
+        """The prompts no other round has drawn (by content hash), in data order."""
+        seen = {r["sha256"] for r in self.ledger() if r["round"] != round_id}
+        fresh, hashes = [], set()
+        for p in prompts:
+            h = content_hash(p)
+            if h not in seen and h not in hashes:
+                fresh.append(p)
+                hashes.add(h)
+        return fresh
+
+    # the promoted adapter ------------------------------------------------------------------
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    def promote(self, adapter_dir: Path) -> None:
+        """Point `current` at the adapter directory in one atomic rename of a new symlink."""
+        tmp = self.root / f".current.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(adapter_dir, self.root), tmp)
+        os.replace(tmp, self.current)
+
+
+@dataclass
+class RoundResult:
+    code: int
+    message: str
+    entry: RoundEntry | None = None
+
+    def summary(self) -> dict:
+        e = self.entry
+        return {"code": self.code, "message": self.message, **({
+            "round": e.id, "status": e.status, "n_prompts": e.n_prompts, "iterations": e.iterations,
+            "eval_before": e.eval_before, "eval_after": e.eval_after, "adapter_version": e.adapter_version,
+            "adapter_sha256": e.adapter_sha256,
+        } if e else {})}
+
+
+def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
+    """One round of the series, under the series lock: draw new prompts, train from the
+    promoted adapter, gate, promote. Rerunning a finished round reports it; an unfinished one
+    resumes where it stopped."""
+    series = Series(cfg.series_dir)
+    with DirLock(series.root, "series"):
+        done = series.get(round_id)
+        if done is not None and done.status != "running":
+            return RoundResult(done.exit_code, f"round {round_id} is already finished: {done.verdict}", done)
+        prompts = draw(series, cfg, round_id)
+        if not prompts:
+            return RoundResult(NO_NEW_PROMPTS, f"round {round_id}: no new prompts in {cfg.data.path} "
+                                               "(every prompt there was drawn by an earlier round); nothing to do")
+        entry = done or begin_round(series, cfg, round_id, prompts)
+        return Round(series, cfg, entry).run()
+
+
+def draw(series: Series, cfg: RunConfig, round_id: str) -> list[Prompt]:
+    """This round's prompts: the ones it drew before (a rerun), else the new ones, at most max_prompts."""
+    snapshot = series.round_dir(round_id) / "prompts.jsonl"
+    if snapshot.exists():
+        return load_prompts(snapshot)
+    fresh = series.new_prompts(load_prompts(cfg.data.path, round_id), round_id)
+    return fresh[: cfg.round.max_prompts] if cfg.round.max_prompts else fresh
+
+
+def begin_round(series: Series, cfg: RunConfig, round_id: str, prompts: list[Prompt]) -> RoundEntry:
+    """Fix the round's prompts and starting point before anything runs: a rerun continues
+    this round, never draws again."""
+    d = series.round_dir(round_id)
+    write_jsonl(d / "prompts.jsonl", prompts)
+    series.record_drawn(round_id, prompts)
+    promoted = series.promoted()
+    base = series.iterations_done()
+    entry = RoundEntry(
+        id=round_id, started=_now(), n_prompts=len(prompts), iterations=cfg.iterations, base=base,
+        start_version=promoted.adapter_version if promoted else 0,
+        start_checksum=promoted.adapter_sha256 if promoted else None,
+    )
+    series.put(entry)
+    return entry
+
+
+class Round:
+    def __init__(self, series: Series, cfg: RunConfig, entry: RoundEntry):
+        self.series, self.entry = series, entry
+        self.dir = series.round_dir(entry.id)
+        self.cfg = round_config(cfg, self.dir, entry.n_prompts)
+
+    def run(self) -> RoundResult:
+        # Imported here, not at the top: loop.cycle brings torch and Ray, and a finished
+        # round, a locked series or a night without new prompts should answer at once.
+        from loop.cycle import Cycle, started_actors
+
+        store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
+        if store.load_state() is None:
+            store.save_state(self.initial_state())
+        prompts = load_prompts(self.cfg.data.path)
+        with started_actors(self.cfg) as actors:
+            cycle = Cycle(self.cfg, store, actors, prompts)
+            cycle.restore()
+            gate = self.cfg.round.eval
+            before = self.evaluate(cycle, "eval-before", self.entry.start_checksum) if gate else None
+            metrics = cycle.run_iterations()
+            after = self.evaluate(cycle, "eval-after", cycle.payload.checksum) if gate else None
+        return self.finish(cycle, metrics, before, after)
+
+    def initial_state(self) -> RunState:
+        """Where the round starts: the promoted adapter with its optimizer state (or the
+        config's model when nothing is promoted yet), numbered after the series so far."""
+        promoted = self.series.promoted()
+        origin = None
+        if promoted is not None:
+            origin = str((self.series.root / promoted.adapter_dir).resolve().parent)
+        return RunState(
+            adapter_version=self.entry.start_version, adapter_checksum=self.entry.start_checksum,
+            base=self.entry.base, origin=origin, origin_optimizer=not self.cfg.round.fresh_optimizer,
+        )
+
+    def evaluate(self, cycle, name: str, checksum: str | None) -> dict:
+        """Sample and judge the held-out prompts with the adapter the samplers serve now; the
+        result is cached per adapter, so the promoted adapter is evaluated once."""
+        from loop.cycle import JudgeErrorRate, judge_samples, sample_prompts
+
+        out = self.dir / name
+        if (out / "metrics.json").exists():
+            return json.loads((out / "metrics.json").read_text())
+        gate = self.cfg.round.eval
+        cached = self.series.root / "eval-cache" / eval_key(self.cfg, checksum)
+        if not (cached / "metrics.json").exists():
+            prompts = load_prompts(gate.path)
+            actors = cycle.actors
+            samples, sample_s = sample_prompts(actors.samplers, self.cfg, prompts, EVAL_STEP, gate.samples_per_prompt)
+            judges = actors.eval_judges if gate.judge is not None else actors.judges
+            judgments, extra = judge_samples(judges, self.cfg, prompts, samples)
+            metrics = {**judgment_metrics(judgments), "n_prompts": len(prompts), "n_samples": len(samples),
+                       "adapter_checksum": checksum, "sample_s": sample_s, **extra}
+            records = {"samples.jsonl": _jsonl(samples), "judgments.jsonl": _jsonl(judgments)}
+            if metrics["judge_error_rate"] > self.cfg.judging.max_error_rate:
+                # Kept for inspection, without metrics.json: a rerun evaluates again.
+                atomic_write_dir(out, records)
+                raise JudgeErrorRate(
+                    f"round {self.entry.id}: {metrics['n_judge_errors']}/{len(judgments)} {name} judgments failed "
+                    f"(> judging.max_error_rate {self.cfg.judging.max_error_rate:.0%}); first error: "
+                    f"{next(j.error for j in judgments if j.error)}. They are in {out}; fix the judge and rerun the round")
+            atomic_write_dir(cached, {**records, "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()})
+        atomic_write_dir(out, {f.name: f.read_bytes() for f in cached.iterdir() if f.is_file()})
+        return json.loads((out / "metrics.json").read_text())
+
+    def finish(self, cycle, metrics: list[dict], before: dict | None, after: dict | None) -> RoundResult:
+        e, payload = self.entry, cycle.payload
+        last = metrics[-1] if metrics else {}
+        e.train = {k: last.get(k) for k in ("pass_rate", "mean_score", "loss", "n_train")}
+        e.eval_before, e.eval_after = _brief(before), _brief(after)
+        promote, e.verdict = gate_verdict(self.cfg, before, after)
+        e.adapter_version, e.adapter_sha256 = payload.version, payload.checksum
+        adapter_dir = RunStore(self.dir).iter_dir(self.cfg.iterations) / "adapter"
+        e.adapter_dir = os.path.relpath(adapter_dir, self.series.root)
+        if promote:
+            self.series.promote(adapter_dir)
+        e.status, e.finished = ("promoted" if promote else "rejected"), _now()
+        self.series.put(e)
+        return RoundResult(e.exit_code, f"round {e.id}: {e.verdict}", e)
+
+
+def gate_verdict(cfg: RunConfig, before: dict | None, after: dict | None) -> tuple[bool, str]:
+    gate = cfg.round.eval
+    if gate is None:
+        return True, "promoted (no eval gate configured)"
+    key = gate.metric
+    b, a = before.get(key), after.get(key)
+    if a is None or b is None:
+        return False, f"not promoted: the eval gave no {key} (no verdicts/scores from the judge)"
+    if a >= b - gate.margin:
+        return True, f"promoted: eval {key} {b:.3f} -> {a:.3f} (margin {gate.margin})"
+    return False, f"not promoted: eval {key} fell {b:.3f} -> {a:.3f}, more than the margin {gate.margin}; current stays"
+
+
+def round_config(cfg: RunConfig, round_dir: Path, n_prompts: int) -> RunConfig:
+    """The round as an ordinary run: its own directory, its drawn prompts as the data."""
+    data = cfg.data.model_copy(update={
+        "path": str(round_dir / "prompts.jsonl"),
+        "prompts_per_iteration": min(cfg.data.prompts_per_iteration, n_prompts),
+    })
+    return cfg.model_copy(update={"run_dir": str(round_dir), "data": data})
+
+
+def eval_key(cfg: RunConfig, checksum: str | None) -> str:
+    """What decides an eval's result: the adapter, the eval prompts' content, the eval setup,
+    the judge, the sampler settings and the seed."""
+    gate = cfg.round.eval
+    prompts = sorted(content_hash(p) for p in load_prompts(gate.path))
+    setup = {
+        "adapter": checksum or f"base:{cfg.model.path}:{cfg.model.adapter}", "prompts": prompts,
+        "eval": gate.model_dump(mode="json"), "judge": cfg.judge.model_dump(mode="json"),
+        "sampler": cfg.sampler.model_dump(mode="json", include={"temperature", "top_p", "max_new_tokens"}),
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _brief(result: dict | None) -> dict | None:
+    if result is None:
+        return None
+    return {k: result.get(k) for k in ("pass_rate", "mean_score", "judge_error_rate", "n_samples")}
+
+
+def _jsonl(records) -> bytes:
+    return "".join(r.model_dump_json() + "\n" for r in records).encode()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
