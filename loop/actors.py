@@ -386,8 +386,8 @@ class LearnerHandle:
     def step(self) -> dict:
         return self._call("step")
 
-    def finish(self) -> dict:
-        return self._call("finish")
+    def finish(self, version: int | None = None) -> dict:
+        return self._call("finish", version)
 
     def state_bytes(self) -> bytes:
         return self._call("state_bytes")

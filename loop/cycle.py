@@ -143,7 +143,7 @@ class Cycle:
             for _ in range(n_steps):
                 learner.step()
                 bar.update(1)
-        learned = learner.finish()
+        learned = learner.finish(self.state.base + i)
         self.publish(i, learner.export(), learned)
 
     def publish(self, i: int, adapter: Exported, learned: dict) -> None:

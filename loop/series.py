@@ -303,7 +303,7 @@ def eval_key(cfg: RunConfig, checksum: str | None) -> str:
     prompts = sorted(content_hash(p) for p in load_prompts(gate.path))
     setup = {
         "adapter": checksum or f"base:{cfg.model.path}:{cfg.model.adapter}", "prompts": prompts,
-        "eval": gate.model_dump(mode="json"), "judge": cfg.judge.model_dump(mode="json"),
+        "eval": gate.model_dump(mode="json", exclude={"judge"}), "judge": (gate.judge or cfg.judge).model_dump(mode="json"),
         "sampler": cfg.sampler.model_dump(mode="json", include={"temperature", "top_p", "max_new_tokens"}),
         "seed": cfg.seed,
     }

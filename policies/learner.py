@@ -129,9 +129,11 @@ class Learner:
         self._step += 1
         return metrics
 
-    def finish(self) -> dict:
-        """Close the iteration: bump the adapter version, average the step metrics."""
-        self.version += 1
+    def finish(self, version: int | None = None) -> dict:
+        """Close the iteration: number the new adapter (default: the next version), average
+        the step metrics. A nightly round numbers it after its series, which may hold
+        rejected versions above the one it started from."""
+        self.version = version if version is not None else self.version + 1
         keys = sorted({k for m in self._log for k in m})
         out = {k: float(np.mean([m[k] for m in self._log if k in m])) for k in keys}
         out.update(self._select_metrics, steps=len(self._log), learn_s=time.perf_counter() - self._t0)
