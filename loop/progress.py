@@ -46,3 +46,11 @@ def summary_line(m: dict, total: int, history: list[dict]) -> str:
         f"errors {m.get('n_judge_errors', 0)} | sample {f(m.get('sample_s'), '.0f')}s judge {f(m.get('judge_s'), '.1f')}s "
         f"learn {f(m.get('learn_s'), '.0f')}s publish {f(m.get('publish_s'), '.1f')}s"
     )
+
+
+def eval_line(name: str, m: dict, source: str) -> str:
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    return (f"{name} | pass {f(m.get('pass_rate'))} | score {f(m.get('mean_score'))} | "
+            f"errors {m.get('n_judge_errors', 0)}/{m.get('n_samples', 0)} | {source}")

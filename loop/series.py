@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loop.config import ConfigError, RunConfig
-from loop.data import content_hash, load_prompts
+from loop.data import DataError, content_hash, load_prompts, prompt_files
 from loop.lock import DirLock
 from loop.metrics import judgment_metrics
+from loop.progress import eval_line
 from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
 from records import Prompt
 
@@ -160,8 +161,9 @@ def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
             return RoundResult(done.exit_code, f"round {round_id} is already finished: {done.verdict}", done)
         prompts = draw(series, cfg, round_id)
         if not prompts:
-            return RoundResult(NO_NEW_PROMPTS, f"round {round_id}: no new prompts in {cfg.data.path} "
-                                               "(every prompt there was drawn by an earlier round); nothing to do")
+            where = cfg.data.path.replace("{round}", round_id)
+            return RoundResult(NO_NEW_PROMPTS, f"round {round_id}: no new prompts in {where} (no such file, or every "
+                                               "prompt there was drawn by an earlier round); nothing to do")
         entry = done or begin_round(series, cfg, round_id, prompts)
         return Round(series, cfg, entry).run()
 
@@ -171,8 +173,17 @@ def draw(series: Series, cfg: RunConfig, round_id: str) -> list[Prompt]:
     snapshot = series.round_dir(round_id) / "prompts.jsonl"
     if snapshot.exists():
         return load_prompts(snapshot)
+    if "{round}" in cfg.data.path and not prompt_files_exist(cfg.data.path, round_id):
+        return []  # tonight's file has not arrived: a night without new prompts
     fresh = series.new_prompts(load_prompts(cfg.data.path, round_id), round_id)
     return fresh[: cfg.round.max_prompts] if cfg.round.max_prompts else fresh
+
+
+def prompt_files_exist(path: str, round_id: str) -> bool:
+    try:
+        return bool(prompt_files(path, round_id))
+    except DataError:
+        return False
 
 
 def begin_round(series: Series, cfg: RunConfig, round_id: str, prompts: list[Prompt]) -> RoundEntry:
@@ -238,7 +249,8 @@ class Round:
             return json.loads((out / "metrics.json").read_text())
         gate = self.cfg.round.eval
         cached = self.series.root / "eval-cache" / eval_key(self.cfg, checksum)
-        if not (cached / "metrics.json").exists():
+        source = "cached" if (cached / "metrics.json").exists() else "computed"
+        if source == "computed":
             prompts = load_prompts(gate.path)
             actors = cycle.actors
             samples, sample_s = sample_prompts(actors.samplers, self.cfg, prompts, EVAL_STEP, gate.samples_per_prompt)
@@ -256,12 +268,15 @@ class Round:
                     f"{next(j.error for j in judgments if j.error)}. They are in {out}; fix the judge and rerun the round")
             atomic_write_dir(cached, {**records, "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()})
         atomic_write_dir(out, {f.name: f.read_bytes() for f in cached.iterdir() if f.is_file()})
-        return json.loads((out / "metrics.json").read_text())
+        result = json.loads((out / "metrics.json").read_text())
+        print(eval_line(name, result, source), flush=True)
+        return result
 
     def finish(self, cycle, metrics: list[dict], before: dict | None, after: dict | None) -> RoundResult:
         e, payload = self.entry, cycle.payload
         last = metrics[-1] if metrics else {}
         e.train = {k: last.get(k) for k in ("pass_rate", "mean_score", "loss", "n_train")}
+        e.iterations = self.cfg.iterations  # a resumed round may have been given more
         e.eval_before, e.eval_after = _brief(before), _brief(after)
         promote, e.verdict = gate_verdict(self.cfg, before, after)
         e.adapter_version, e.adapter_sha256 = payload.version, payload.checksum

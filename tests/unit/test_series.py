@@ -145,3 +145,21 @@ def test_a_second_run_on_a_busy_run_directory_exits_6_and_writes_nothing(tmp_pat
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_a_night_whose_prompt_file_has_not_arrived_exits_5_without_starting_anything(tmp_path):
+    import yaml
+
+    config = tmp_path / "n.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "n", "data": {"path": str(tmp_path / "prompts" / "{round}.jsonl")},
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]}, "round": {"series_dir": str(tmp_path / "s")}}))
+    out = subprocess.run([sys.executable, "-m", "loop.cli", "round", str(config), "--round", "2026-12-02", "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 5 and "no new prompts in" in out.stderr and "2026-12-02.jsonl" in out.stderr, out.stderr
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["code"] == 5 and summary["series"] == str(tmp_path / "s")
+    assert not (tmp_path / "s" / "series.json").exists() and not (tmp_path / "s" / "rounds").exists()
+    bad = subprocess.run([sys.executable, "-m", "loop.cli", "round", str(config), "--round", "../x"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--round '../x'" in bad.stderr
