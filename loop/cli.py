@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     rnd.add_argument("--fresh-optimizer", action="store_true", help="start the optimizer afresh (round.fresh_optimizer)")
     rnd.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end (for schedulers)")
 
+    report = sub.add_parser("report", help="an HTML page with plots of a run directory or a series")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="where report.html and the PNG plots go (default: RUN_DIR/report)")
+
     status = sub.add_parser("status", help="the metrics table of a run directory, or the rounds of a series")
     status.add_argument("run_dir")
 
@@ -46,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return show_status(Path(args.run_dir))
+        if args.command == "report":
+            from loop.report import write_report
+
+            print(f"report: {write_report(Path(args.run_dir), args.out)}")
+            return 0
         if args.command == "round" and args.fresh_optimizer:
             args.overrides.append("round.fresh_optimizer=true")
         cfg = load_config(args.config, args.overrides)

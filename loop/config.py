@@ -131,6 +131,33 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local instance (None: all).")
 
 
+class WandbOptions(Strict):
+    project: str = Field("alignloop", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user; None: your default).")
+    mode: Literal["offline", "online"] = Field("offline", description="offline writes local files (`wandb sync` uploads them).")
+
+
+class MlflowOptions(Strict):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (None: a local file store in the tracking dir).")
+    experiment: str = Field("alignloop", description="MLflow experiment name.")
+
+
+class TrackingConfig(Strict):
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        ["tensorboard"], description="Where per-iteration metrics go ([]: nowhere but metrics.jsonl)."
+    )
+    dir: str | None = Field(None, description="Tracking files (None: <run_dir>/tracking; a series': <series_dir>/tracking).")
+    samples: int = Field(8, ge=0, description="Sample responses with their judgments logged per iteration as a table.")
+    wandb: WandbOptions = Field(default_factory=WandbOptions, description="Weights & Biases options.")
+    mlflow: MlflowOptions = Field(default_factory=MlflowOptions, description="MLflow options.")
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> "TrackingConfig":
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError(f"tracking.backends lists a backend twice ({self.backends}); list each once")
+        return self
+
+
 class EvalConfig(Strict):
     path: str = Field(description="Held-out prompts: a file, a directory or a glob (never trained on).")
     samples_per_prompt: int = Field(2, gt=0, description="Responses per eval prompt.")
@@ -158,6 +185,7 @@ class RunConfig(Strict):
     judging: JudgingConfig = Field(default_factory=JudgingConfig, description="The judge actors and error budget.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Objective and optimisation.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the actors run.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking: TensorBoard, W&B, MLflow.")
     round: RoundConfig = Field(default_factory=RoundConfig, description="Nightly rounds (`alignloop round`): series, new prompts, gate.")
 
     @model_validator(mode="after")
@@ -185,8 +213,8 @@ class RunConfig(Strict):
         return Path(self.round.series_dir or Path("runs") / self.name)
 
 
-# Fields that may change when a run is resumed: how long it runs and where Ray lives.
-RESUMABLE_CHANGES = ("iterations", "ray")
+# Fields that may change when a run is resumed: how long it runs, where Ray lives, where metrics go.
+RESUMABLE_CHANGES = ("iterations", "ray", "tracking")
 
 
 # ---------------------------------------------------------------------------------------------

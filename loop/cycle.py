@@ -19,6 +19,7 @@ from loop.lock import DirLock
 from loop.metrics import judgment_metrics, sample_metrics
 from loop.progress import phase, summary_line
 from loop.store import RunState, RunStore, prepare_run_dir
+from loop.tracking import Tracking, check_backends
 from policies.adapter import AdapterMismatch
 from policies.model import preflight
 from policies.objectives.base import Example
@@ -30,8 +31,8 @@ class JudgeErrorRate(RuntimeError):
 
 
 class Cycle:
-    def __init__(self, cfg: RunConfig, store: RunStore, actors, prompts: list[Prompt]):
-        self.cfg, self.store, self.actors = cfg, store, actors
+    def __init__(self, cfg: RunConfig, store: RunStore, actors, prompts: list[Prompt], tracking=None):
+        self.cfg, self.store, self.actors, self.tracking = cfg, store, actors, tracking
         self.prompts = prompts
         self.state = store.load_state() or RunState()
         self.stream = PromptStream(
@@ -69,6 +70,8 @@ class Cycle:
 
     def run_iterations(self) -> list[dict]:
         """From the step after the last finished one to the last iteration (after restore())."""
+        if self.tracking:
+            self.tracking.catch_up()
         iteration, step = self.state.next_step()
         while iteration <= self.cfg.iterations:
             self.iteration(iteration, step)
@@ -86,6 +89,8 @@ class Cycle:
         else:
             judgments = self.judge_step(i, prompts, samples, retry_failed=first_step == "judge")
         self.learn(i, prompts, samples, judgments)
+        if self.tracking:
+            self.tracking.log_iteration(i, self.store.read_metrics()[-1], prompts, samples, judgments)
 
     # steps -----------------------------------------------------------------------------------
     def sample_step(self, i: int) -> tuple[list[Prompt], list[Sample]]:
@@ -209,8 +214,17 @@ def _run(cfg: RunConfig, resume: bool, overwrite: bool) -> list[dict]:
         print(f"{store.root}: all {cfg.iterations} iterations are done (raise `iterations` to continue)")
         return store.read_metrics()
     prompts = load_prompts(cfg.data.path)
-    with started_actors(cfg) as actors:
-        return Cycle(cfg, store, actors, prompts).run()
+    check_backends(cfg)
+    with started_actors(cfg) as actors, opened(Tracking(cfg, store)) as tracking:
+        return Cycle(cfg, store, actors, prompts, tracking).run()
+
+
+@contextmanager
+def opened(tracking: Tracking):
+    try:
+        yield tracking
+    finally:
+        tracking.close()
 
 
 @contextmanager

@@ -212,14 +212,17 @@ class Round:
     def run(self) -> RoundResult:
         # Imported here, not at the top: loop.cycle brings torch and Ray, and a finished
         # round, a locked series or a night without new prompts should answer at once.
-        from loop.cycle import Cycle, started_actors
+        from loop.cycle import Cycle, opened, started_actors
+        from loop.tracking import Tracking, check_backends
 
+        check_backends(self.cfg)
         store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
         if store.load_state() is None:
             store.save_state(self.initial_state())
         prompts = load_prompts(self.cfg.data.path)
-        with started_actors(self.cfg) as actors:
-            cycle = Cycle(self.cfg, store, actors, prompts)
+        tracking = Tracking(self.cfg, store, base=self.entry.base)
+        with started_actors(self.cfg) as actors, opened(tracking):
+            cycle = Cycle(self.cfg, store, actors, prompts, tracking)
             cycle.restore()
             gate = self.cfg.round.eval
             before = self.evaluate(cycle, "eval-before", self.entry.start_checksum) if gate else None
@@ -308,7 +311,9 @@ def round_config(cfg: RunConfig, round_dir: Path, n_prompts: int) -> RunConfig:
         "path": str(round_dir / "prompts.jsonl"),
         "prompts_per_iteration": min(cfg.data.prompts_per_iteration, n_prompts),
     })
-    return cfg.model_copy(update={"run_dir": str(round_dir), "data": data})
+    # One tracking directory for the whole series: its curves run on across rounds.
+    tracking = cfg.tracking.model_copy(update={"dir": cfg.tracking.dir or str(round_dir.parent.parent / "tracking")})
+    return cfg.model_copy(update={"run_dir": str(round_dir), "data": data, "tracking": tracking})
 
 
 def eval_key(cfg: RunConfig, checksum: str | None) -> str:
