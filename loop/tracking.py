@@ -110,7 +110,8 @@ class MlflowTracker:
 
         opts = cfg.tracking.mlflow
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(opts.tracking_uri or (log_dir / "mlruns").resolve().as_uri())
+        # A local SQLite store: MLflow 3 keeps its plain-file store in maintenance mode only.
+        mlflow.set_tracking_uri(opts.tracking_uri or f"sqlite:///{(log_dir / 'mlflow.db').resolve()}")
         mlflow.set_experiment(opts.experiment)
         found = mlflow.search_runs(filter_string=f"tags.alignloop_run = '{run_name}'", output_format="list")
         self.run = mlflow.start_run(run_id=found[0].info.run_id) if found else \
@@ -119,8 +120,8 @@ class MlflowTracker:
     def log(self, step: int, values: dict[str, float], rows: list[list]) -> None:
         self.mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
         if rows:
-            self.mlflow.log_table({c: [str(r[i]) for r in rows] for i, c in enumerate(COLUMNS)},
-                                  artifact_file=f"samples/iter-{step:04d}.json")
+            # log_dict, not log_table: the latter needs pandas, which nothing else here does.
+            self.mlflow.log_dict([dict(zip(COLUMNS, r)) for r in rows], f"samples/iter-{step:04d}.json")
 
     def close(self) -> None:
         self.mlflow.end_run()
