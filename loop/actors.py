@@ -167,6 +167,15 @@ class Actors:
         learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
         self.learner = LearnerHandle(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
+    def describe(self) -> str:
+        return (f"{len(self.samplers.handles)} sampler(s) ({self.cfg.sampler.backend}), "
+                f"{len(self.judges.handles)} judge actor(s) and the learner")
+
+    def wait_ready(self) -> None:
+        """Block until every actor has been constructed (its model loaded); a constructor that
+        raised surfaces here, before any step runs."""
+        ray.get([h.__ray_ready__.remote() for h in [*self.samplers.handles, *self.judges.handles, self.learner.handle]])
+
     def add_judges(self, judge_cfg) -> "JudgePool":
         """Judge actors of another judge config (an eval's own), shut down with the rest."""
         pool = start_judges(judge_cfg, self.cfg.judging)

@@ -46,7 +46,11 @@ class ModelConfig(Strict):
 
 class DataConfig(Strict):
     path: str = Field(
-        description="Prompts: a .jsonl/.parquet file, a directory of them or a glob; `{round}` is a nightly round's id (see README, 'Prompt data')."
+        description="Prompts: a .jsonl/.parquet file, a directory of them, a glob, a saved HF dataset or hf:<hub id>; `{round}` is a nightly round's id (see README, 'Prompt data')."
+    )
+    split: str = Field("train", description="The split of a Hugging Face dataset (saved or hf:<hub id>).")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Rename the data's fields to this schema's, e.g. {instruction: question}."
     )
     prompts_per_iteration: int = Field(16, gt=0, description="Prompts drawn per iteration.")
     shuffle: bool = Field(True, description="Shuffle the order each pass over the dataset.")

@@ -14,14 +14,14 @@ from contextlib import contextmanager
 
 from loop.actors import Actors, Exported, JudgePool, SamplerPool, start_ray
 from loop.config import RunConfig
-from loop.data import PromptStream, load_prompts
+from loop.data import PromptStream, load_data
 from loop.lock import DirLock
 from loop.metrics import judgment_metrics, sample_metrics
 from loop.progress import phase, summary_line
 from loop.store import RunState, RunStore, prepare_run_dir
 from loop.tracking import Tracking, check_backends
 from policies.adapter import AdapterMismatch
-from policies.model import preflight
+from policies.model import cache_dir, ensure_embedded, needs_conversion, preflight
 from policies.objectives.base import Example
 from records import Judgment, Prompt, Sample
 
@@ -213,10 +213,22 @@ def _run(cfg: RunConfig, resume: bool, overwrite: bool) -> list[dict]:
     if state and state.next_step()[0] > cfg.iterations:
         print(f"{store.root}: all {cfg.iterations} iterations are done (raise `iterations` to continue)")
         return store.read_metrics()
-    prompts = load_prompts(cfg.data.path)
+    prompts = load_data(cfg.data)
     check_backends(cfg)
     with started_actors(cfg) as actors, opened(Tracking(cfg, store)) as tracking:
         return Cycle(cfg, store, actors, prompts, tracking).run()
+
+
+def convert_embedded_once(path: str) -> None:
+    """The embedded model's one-time GGUF conversion, on the driver with a line saying so,
+    rather than silently inside the first actor that needs it."""
+    if not needs_conversion(path):
+        return
+    print(f"converting the embedded model {path!r} from GGUF, once, into {cache_dir()} "
+          "(about 30 s on a 2-core CPU; later runs reuse it)", flush=True)
+    start = time.perf_counter()
+    ensure_embedded(path)
+    print(f"converted in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 @contextmanager
@@ -232,8 +244,13 @@ def started_actors(cfg: RunConfig):
     """Ray (local or attached) and the run's actors, shut down on exit."""
     if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         preflight(cfg.model.path)  # on a cluster the workers' nodes, not the driver's, must have it
+        convert_embedded_once(cfg.model.path)
+    start = time.perf_counter()
     start_ray(cfg.ray)
     actors = Actors(cfg)
+    print(f"starting Ray and {actors.describe()}; each loads the model (usually 5-20 s on a CPU)", flush=True)
+    actors.wait_ready()
+    print(f"actors ready in {time.perf_counter() - start:.0f} s", flush=True)
     if cfg.round.eval and cfg.round.eval.judge:
         actors.eval_judges = actors.add_judges(cfg.round.eval.judge)
     try:

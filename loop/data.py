@@ -1,6 +1,10 @@
 """Prompt data: loading JSONL/Parquet rows into Prompts, and the per-iteration prompt stream.
 
-Row schema (one JSON object per line, or one Parquet row):
+Sources: JSONL/Parquet files (a file, a directory or a glob), a Hugging Face `datasets`
+dataset saved with `save_to_disk`, or `hf:<hub id>` (needs network). `data.columns` maps a
+dataset's own field names to this schema's.
+
+Row schema (one JSON object per line, one Parquet row, or one dataset row):
     id           optional string; default "<file stem>-<line number>"
     messages     a chat: [{"role": "system"|"user"|"assistant", "content": str}, ...]
     instruction  instead of `messages`: the user turn; `input` (optional) is appended after a
@@ -53,22 +57,97 @@ def prompt_files(path: str | Path, round_id: str | None = None) -> list[Path]:
     return files
 
 
-def load_prompts(path: str | Path, round_id: str | None = None) -> list[Prompt]:
-    """Every prompt of the files `path` names, in file then row order. Ids must be unique
-    across the files (a row's default id is `<file stem>-<line>`)."""
+HUB_PREFIX = "hf:"
+
+
+def load_prompts(path: str | Path, round_id: str | None = None, columns: dict[str, str] | None = None,
+                 split: str = "train") -> list[Prompt]:
+    """Every prompt `path` names, in file then row order: JSONL/Parquet files (a file, a
+    directory or a glob), a Hugging Face dataset saved with `save_to_disk`, or `hf:<hub id>`.
+    `columns` renames the dataset's fields to this schema's (`{"instruction": "question"}`).
+    Ids must be unique across the files (a row's default id is `<file stem>-<line>`)."""
     prompts, seen = [], {}
-    for file in prompt_files(path, round_id):
-        for where, row in _read_parquet(file) if file.suffix == ".parquet" else _read_jsonl(file):
-            prompt = row_to_prompt(row, default_id=f"{file.stem}-{where}", where=f"{file}:{where}")
-            if prompt.id in seen:
-                first_file, first = seen[prompt.id]
-                at = f"line {first}" if first_file == file else f"{first_file}:{first}"
-                raise DataError(f"{file}:{where}: duplicate id {prompt.id!r} (first at {at})")
-            seen[prompt.id] = (file, where)
-            prompts.append(prompt)
+    for source, where, row in _rows(path, round_id, split):
+        row = _renamed(row, columns, f"{source}:{where}") if columns else row
+        prompt = row_to_prompt(row, default_id=f"{Path(str(source)).stem}-{where}", where=f"{source}:{where}")
+        if prompt.id in seen:
+            first_source, first = seen[prompt.id]
+            at = f"line {first}" if first_source == source else f"{first_source}:{first}"
+            raise DataError(f"{source}:{where}: duplicate id {prompt.id!r} (first at {at})")
+        seen[prompt.id] = (source, where)
+        prompts.append(prompt)
     if not prompts:
         raise DataError(f"{path}: holds no prompts")
     return prompts
+
+
+def load_data(data, round_id: str | None = None) -> list[Prompt]:
+    """The prompts of a `data` config block."""
+    return load_prompts(data.path, round_id, data.columns, data.split)
+
+
+def _rows(path: str | Path, round_id: str | None, split: str):
+    """(source, row number, row) for every row of every source `path` names."""
+    text = str(path)
+    if text.startswith(HUB_PREFIX):
+        yield from _hf_rows(_hub_dataset(text.removeprefix(HUB_PREFIX), split), text, split)
+        return
+    if is_saved_dataset(Path(text)):
+        yield from _hf_rows(_saved_dataset(Path(text), split), text, split)
+        return
+    for file in prompt_files(path, round_id):
+        for where, row in _read_parquet(file) if file.suffix == ".parquet" else _read_jsonl(file):
+            yield file, where, row
+
+
+def _renamed(row, columns: dict[str, str], where: str):
+    """The row with the dataset's column names mapped to this schema's (data.columns)."""
+    if not isinstance(row, dict):
+        return row
+    missing = [c for c in columns.values() if c not in row]
+    if missing:
+        raise DataError(f"{where}: data.columns names {missing}, which the row does not have; it has: {sorted(row)}")
+    mapped = {ours: row[theirs] for ours, theirs in columns.items()}
+    return {**{k: v for k, v in row.items() if k not in columns.values()}, **mapped}
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.path names a Hugging Face dataset, but the `datasets` package is not installed; "
+                        "pip install 'alignloop[hf]'") from None
+    return datasets
+
+
+def _saved_dataset(path: Path, split: str):
+    loaded = _datasets().load_from_disk(str(path))
+    if hasattr(loaded, "keys"):  # a DatasetDict: pick the split
+        if split not in loaded:
+            raise DataError(f"{path}: no split {split!r} in the saved dataset (it has {sorted(loaded)}); set data.split")
+        return loaded[split]
+    return loaded
+
+
+def _hub_dataset(name: str, split: str):
+    datasets = _datasets()
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown id or split: all the user's to fix
+        raise DataError(
+            f"data.path hf:{name}: could not load split {split!r} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300]}); without network, save it once with `save_to_disk` and set data.path "
+            "to that directory"
+        ) from None
+
+
+def _hf_rows(dataset, source: str, split: str):
+    for index, row in enumerate(dataset, start=1):
+        yield f"{source}[{split}]", index, row
 
 
 def _read_jsonl(path: Path):

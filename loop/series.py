@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loop.config import ConfigError, RunConfig
-from loop.data import DataError, content_hash, load_prompts, prompt_files
+from loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
 from loop.lock import DirLock
 from loop.metrics import judgment_metrics
 from loop.progress import eval_line
@@ -175,7 +175,7 @@ def draw(series: Series, cfg: RunConfig, round_id: str) -> list[Prompt]:
         return load_prompts(snapshot)
     if "{round}" in cfg.data.path and not prompt_files_exist(cfg.data.path, round_id):
         return []  # tonight's file has not arrived: a night without new prompts
-    fresh = series.new_prompts(load_prompts(cfg.data.path, round_id), round_id)
+    fresh = series.new_prompts(load_data(cfg.data, round_id), round_id)
     return fresh[: cfg.round.max_prompts] if cfg.round.max_prompts else fresh
 
 
@@ -219,7 +219,7 @@ class Round:
         store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
         if store.load_state() is None:
             store.save_state(self.initial_state())
-        prompts = load_prompts(self.cfg.data.path)
+        prompts = load_data(self.cfg.data)
         tracking = Tracking(self.cfg, store, base=self.entry.base)
         with started_actors(self.cfg) as actors, opened(tracking):
             cycle = Cycle(self.cfg, store, actors, prompts, tracking)
@@ -308,7 +308,7 @@ def gate_verdict(cfg: RunConfig, before: dict | None, after: dict | None) -> tup
 def round_config(cfg: RunConfig, round_dir: Path, n_prompts: int) -> RunConfig:
     """The round as an ordinary run: its own directory, its drawn prompts as the data."""
     data = cfg.data.model_copy(update={
-        "path": str(round_dir / "prompts.jsonl"),
+        "path": str(round_dir / "prompts.jsonl"), "columns": {}, "split": "train",  # the snapshot is in our schema
         "prompts_per_iteration": min(cfg.data.prompts_per_iteration, n_prompts),
     })
     # One tracking directory for the whole series: its curves run on across rounds.

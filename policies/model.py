@@ -72,6 +72,10 @@ def preflight(path: str) -> None:
     resolve_model_path(path)
 
 
+def needs_conversion(path: str) -> bool:
+    return path in EMBEDDED and not (cache_dir() / "models" / path / "config.json").exists()
+
+
 def ensure_embedded(name: str) -> Path:
     """Convert the embedded GGUF once; later calls (from any process) reuse the cache."""
     target = cache_dir() / "models" / name

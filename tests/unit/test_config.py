@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loop.data import prompt_files
 from loop.config import (
     ConfigError, apply_override, load_config, redact, resume_conflicts, to_yaml, validate_config,
 )
@@ -26,7 +27,11 @@ def base() -> dict:
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.iterations > 0
-    assert Path(cfg.data.path).exists(), f"{path.name}: data.path {cfg.data.path} is not in the repository"
+    # A nightly config's `{round}` stands for any night: some night's file must be there.
+    data = cfg.data.path.replace("{round}", "*")
+    assert prompt_files(ROOT / data if "*" not in data else str(ROOT / data)), f"{path.name}: no prompts at {cfg.data.path}"
+    if cfg.round.eval:
+        assert prompt_files(ROOT / cfg.round.eval.path), f"{path.name}: no eval prompts at {cfg.round.eval.path}"
 
 
 def test_shipped_configs_exist():

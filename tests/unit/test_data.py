@@ -82,3 +82,33 @@ def test_stream_state_resumes_exactly():
 def test_stream_refuses_batches_larger_than_dataset():
     with pytest.raises(DataError, match="set it to at most 4"):
         PromptStream(4, 5, seed=0)
+
+
+def test_a_saved_hf_dataset_with_a_column_mapping(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from loop.config import validate_config
+    from loop.data import load_data
+
+    rows = {"qid": ["a", "b"], "question": ["What is 2+2?", "Name a colour."], "answer": ["4", "red"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    cfg = validate_config({"name": "t", "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+                           "data": {"path": str(tmp_path / "ds"), "columns": {"id": "qid", "instruction": "question"}}})
+    a, b = load_data(cfg.data)
+    assert (a.id, a.instruction, a.meta) == ("a", "What is 2+2?", {"answer": "4"}) and b.instruction == "Name a colour."
+
+    with pytest.raises(DataError, match=r"no split 'test' in the saved dataset \(it has \['train'\]\); set data.split"):
+        load_data(cfg.data.model_copy(update={"split": "test"}))
+    with pytest.raises(DataError, match=r"ds\[train\]:1: data.columns names \['prompt'\], which the row does not have"):
+        load_data(cfg.data.model_copy(update={"columns": {"instruction": "prompt"}}))
+    datasets.Dataset.from_dict({"question": ["ok", ""]}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad\[train\]:2: `instruction` must be a non-empty string"):
+        load_data(cfg.data.model_copy(update={"path": str(tmp_path / "bad"), "columns": {"instruction": "question"}}))
+
+
+def test_a_hub_dataset_without_network_is_a_data_error(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"hf:nobody/nothing: could not load split 'train' from the Hugging Face hub .*save_to_disk"):
+        load_prompts("hf:nobody/nothing")
