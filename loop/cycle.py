@@ -248,7 +248,7 @@ def started_actors(cfg: RunConfig):
     start = time.perf_counter()
     start_ray(cfg.ray)
     actors = Actors(cfg)
-    print(f"starting Ray and {actors.describe()}; each loads the model (usually 5-20 s on a CPU)", flush=True)
+    print(f"starting Ray and {actors.describe()}", flush=True)
     actors.wait_ready()
     print(f"actors ready in {time.perf_counter() - start:.0f} s", flush=True)
     if cfg.round.eval and cfg.round.eval.judge:

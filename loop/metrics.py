@@ -18,10 +18,13 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
     verdicts = [j.verdict for j in judgments if j.error is None and j.verdict is not None]
     scores = [j.score for j in judgments if j.error is None and j.score is not None]
     errors = sum(j.error is not None for j in judgments)
+    latencies = [j.latency_s for j in judgments if j.error is None]
     return {
         "pass_rate": sum(v == "positive" for v in verdicts) / len(verdicts) if verdicts else None,
         "mean_score": sum(scores) / len(scores) if scores else None,
         "n_judged": len(judgments) - errors,
         "n_judge_errors": errors,
         "judge_error_rate": errors / max(1, len(judgments)),
+        # mean seconds per judgment as the judge reported it (a batch call's time, per sample)
+        "judge_latency_s": sum(latencies) / len(latencies) if latencies else None,
     }

@@ -123,3 +123,25 @@ def test_export_restore_roundtrip_continues_identically(cfg):
     a.learn(rows, 2)
     b.learn(rows, 2)
     assert a.export().checksum == b.export().checksum, "optimizer state did not survive the round trip"
+
+
+def test_restore_with_a_fresh_optimizer_and_a_given_version(cfg):
+    """A nightly round with fresh_optimizer: the promoted adapter's weights, no optimizer
+    state; numbering continues from the series, and finish() takes the round's number."""
+    a = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
+    s = Sample(id="s", prompt_id="p1", response="big dog", policy_version=0)
+    rows = [Example(PROMPTS[1], s, Judgment(sample_id="s", verdict="positive", judge="t"))] * 4
+    a.learn(rows, 1)
+    payload = a.export()
+    fresh = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
+    fresh.restore(payload, None, version=5)
+    assert fresh.version == 5 and fresh.export().checksum == payload.checksum
+    assert fresh.optimizer.state_dict()["state"] == {}, "no optimizer state may be carried over"
+    kept = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
+    kept.restore(payload, a.state_bytes(), version=5)
+    assert kept.optimizer.state_dict()["state"] != {}
+    fresh.learn(rows, 2)
+    kept.learn(rows, 2)
+    assert fresh.export().checksum != kept.export().checksum, "the optimizer state must matter"
+    fresh.finish(version=9)
+    assert fresh.version == 9
