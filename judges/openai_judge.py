@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from judges.cache import JudgmentCache, cache_key, default_cache_path
 from judges.prompting import JUDGMENT_SCHEMA, Parsed, PromptOptions, Unparseable, parse_judgment, render_messages
 from records import Judgment, Prompt, Sample
-from records.errors import env_secret
+from records.errors import ConfigError
+from records.secrets import env_secret, looks_like_a_key, mask_secrets
 
 
 class OpenAIJudgeConfig(BaseModel):
@@ -38,6 +41,22 @@ class OpenAIJudgeConfig(BaseModel):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (None: the server needs no key)."
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if looks_like_a_key(v):
+            raise PydanticCustomError("secret", (
+                "this looks like an API key, but api_key_env takes the *name* of the environment variable "
+                "that holds it; run `export OPENAI_API_KEY=<your key>` and set api_key_env: OPENAI_API_KEY "
+                "(the value was not printed or saved)"))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise PydanticCustomError("secret", (
+                "api_key_env must be an environment variable name (letters, digits and '_', not starting "
+                "with a digit), e.g. OPENAI_API_KEY"))
+        return v
     prompt: PromptOptions = Field(default_factory=PromptOptions, description="Judge prompt and reply parsing.")
     response_format: Literal["json_schema", "json_object", "text"] = Field(
         "json_schema", description="Structured output to ask for (text: servers without it; the reply is parsed tolerantly)."
@@ -57,6 +76,29 @@ class OpenAIJudgeConfig(BaseModel):
     cache_path: str | None = Field(
         None, description="Cache file (None: $ALIGNLOOP_CACHE or ~/.cache/alignloop, judge-cache/judgments.sqlite)."
     )
+
+
+    def preflight(self) -> None:
+        """Before anything is sampled: the key's variable is set and the endpoint answers."""
+        import urllib.error
+        import urllib.request
+
+        if self.api_key_env:
+            env_secret(self.api_key_env)
+        url = self.base_url.rstrip("/") + "/models"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=PREFLIGHT_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answered (401, 404, ... are the server's to judge, per request)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(
+                f"judge {self.name!r}: cannot reach {mask_secrets(self.base_url)} ({reason}) within "
+                f"{PREFLIGHT_TIMEOUT_S:.0f} s; check judge.base_url and that the server is running"
+            ) from None
+
+
+PREFLIGHT_TIMEOUT_S = 5.0
 
 
 @dataclass

@@ -144,15 +144,16 @@ COLUMNS = [
 def show_status(run_dir: Path) -> int:
     if (run_dir / "series.json").exists():
         return show_series(run_dir)
-    state_path = run_dir / "state.json"
-    if not state_path.exists():
+    from loop.store import RunStore
+
+    store = RunStore(run_dir)
+    state = store.load_state()  # a damaged file is a ConfigError: reported, exit 2
+    if state is None:
         print(f"alignloop: {run_dir} is not a run directory (no state.json)", file=sys.stderr)
         return 2
-    state = json.loads(state_path.read_text())
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()] \
-        if (run_dir / "metrics.jsonl").exists() else []
-    print(f"{run_dir}: last finished step: iteration {state['iteration']} {state['step']}; "
-          f"adapter v{state['adapter_version']}; {len(rows)} iteration(s) complete")
+    rows = store.read_metrics()
+    print(f"{run_dir}: last finished step: iteration {state.iteration} {state.step}; "
+          f"adapter v{state.adapter_version}; {len(rows)} iteration(s) complete")
     print(format_table(rows))
     return 0
 

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judges import JudgeConfig
-from records.errors import ConfigError, env_secret  # noqa: F401 - part of loop.config's API
+from records.errors import ConfigError  # noqa: F401 - part of loop.config's API
+from records.secrets import env_secret, mask_secrets  # noqa: F401
 from policies.objectives.options import ObjectiveConfig, SFTOptions
 from policies.vllm_engine import VLLMSamplerOptions
 
@@ -208,6 +209,16 @@ class RunConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _objective_has_what_it_compares(self) -> "RunConfig":
+        need, k = self.learner.objective.min_samples_per_prompt, self.sampler.samples_per_prompt
+        if k < need:
+            raise ValueError(
+                f"learner.objective {self.learner.objective.type!r} compares the samples of each prompt and "
+                f"learns nothing from sampler.samples_per_prompt {k}; set it to at least {need}"
+            )
+        return self
+
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or Path("runs") / self.name)
@@ -228,10 +239,12 @@ RESUMABLE_CHANGES = ("iterations", "ray", "tracking")
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; pass the YAML config file, e.g. configs/quickstart.yaml")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_utf8(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -239,6 +252,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is a ConfigError naming the line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as UTF-8") from None
 
 
 def validate_config(raw: dict, source: str = "config") -> RunConfig:
@@ -297,6 +320,8 @@ def format_error(err: dict, raw: dict) -> str:
     if kind == "union_tag_not_found":
         return f"{where}: needs a `type` field naming which kind it is"
     msg = err["msg"].removeprefix("Value error, ")
+    if kind == "secret":  # never echo what may be a key
+        return f"{where}: {msg}"
     if "input" in err and not isinstance(err["input"], (dict, list)):
         return f"{where}: {msg} (got {err['input']!r})"
     return f"{where}: {msg}"
@@ -377,7 +402,8 @@ _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)$", re.
 
 
 def redact(data: Any) -> Any:
-    """Mask every value whose key names a secret. Keys ending in `_env` name an environment
+    """Mask every value whose key names a secret, the password of a URL's credentials, and any
+    string that looks like a key or a bearer token. Keys ending in `_env` name an environment
     variable (the safe way to pass a key) and are kept."""
     if isinstance(data, dict):
         return {
@@ -386,6 +412,8 @@ def redact(data: Any) -> Any:
         }
     if isinstance(data, list):
         return [redact(v) for v in data]
+    if isinstance(data, str):
+        return mask_secrets(data)
     return data
 
 

@@ -8,7 +8,6 @@ on in-process objects (LocalActors).
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 
@@ -18,10 +17,11 @@ from loop.data import PromptStream, load_data
 from loop.lock import DirLock
 from loop.metrics import judgment_metrics, sample_metrics
 from loop.progress import phase, summary_line
-from loop.store import RunState, RunStore, prepare_run_dir
-from loop.tracking import Tracking, check_backends
+from loop.preflight import attached, preflight_run
+from loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
+from loop.tracking import Tracking
 from policies.adapter import AdapterMismatch
-from policies.model import cache_dir, ensure_embedded, needs_conversion, preflight
+from policies.model import cache_dir, ensure_embedded, needs_conversion
 from policies.objectives.base import Example
 from records import Judgment, Prompt, Sample
 
@@ -203,20 +203,18 @@ def _seed(seed: int, iteration: int, offset: int) -> int:
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:
-    with DirLock(cfg.resolved_run_dir, "run directory"):
-        return _run(cfg, resume, overwrite)
-
-
-def _run(cfg: RunConfig, resume: bool, overwrite: bool) -> list[dict]:
-    store = prepare_run_dir(cfg, resume, overwrite)
-    state = store.load_state()
+    """A whole run. A config, data or model problem is found before anything is written."""
+    store = check_run_dir(cfg, resume, overwrite)
+    state = None if overwrite else store.load_state()
     if state and state.next_step()[0] > cfg.iterations:
         print(f"{store.root}: all {cfg.iterations} iterations are done (raise `iterations` to continue)")
         return store.read_metrics()
     prompts = load_data(cfg.data)
-    check_backends(cfg)
-    with started_actors(cfg) as actors, opened(Tracking(cfg, store)) as tracking:
-        return Cycle(cfg, store, actors, prompts, tracking).run()
+    preflight_run(cfg, prompts)
+    with DirLock(cfg.resolved_run_dir, "run directory"):
+        store = prepare_run_dir(cfg, resume, overwrite)  # checked again: now no one else writes
+        with started_actors(cfg) as actors, opened(Tracking(cfg, store)) as tracking:
+            return Cycle(cfg, store, actors, prompts, tracking).run()
 
 
 def convert_embedded_once(path: str) -> None:
@@ -242,18 +240,17 @@ def opened(tracking: Tracking):
 @contextmanager
 def started_actors(cfg: RunConfig):
     """Ray (local or attached) and the run's actors, shut down on exit."""
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        preflight(cfg.model.path)  # on a cluster the workers' nodes, not the driver's, must have it
+    if not attached(cfg):
         convert_embedded_once(cfg.model.path)
     start = time.perf_counter()
     start_ray(cfg.ray)
     actors = Actors(cfg)
-    print(f"starting Ray and {actors.describe()}", flush=True)
-    actors.wait_ready()
-    print(f"actors ready in {time.perf_counter() - start:.0f} s", flush=True)
-    if cfg.round.eval and cfg.round.eval.judge:
-        actors.eval_judges = actors.add_judges(cfg.round.eval.judge)
     try:
+        print(f"starting Ray and {actors.describe()}", flush=True)
+        actors.wait_ready()
+        print(f"actors ready in {time.perf_counter() - start:.0f} s", flush=True)
+        if cfg.round.eval and cfg.round.eval.judge:
+            actors.eval_judges = actors.add_judges(cfg.round.eval.judge)
         yield actors
     finally:
         actors.shutdown()

@@ -151,22 +151,36 @@ def _hf_rows(dataset, source: str, split: str):
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            yield lineno, row
+    for lineno, line in enumerate(utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        yield lineno, row
 
 
 def _read_parquet(path: Path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for index, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e}); rewrite it, or use JSONL") from None
+    for index, row in enumerate(rows, start=1):
         yield index, row
+
+
+def utf8_lines(path: Path) -> list[str]:
+    """The file's lines; a file that is not UTF-8 is a DataError naming the line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as UTF-8") from None
 
 
 def row_to_prompt(row: Any, default_id: str, where: str) -> Prompt:
@@ -197,6 +211,14 @@ def _instruction_messages(row: dict, where: str) -> list[Message]:
     return messages + [Message(role="user", content=text)]
 
 
+def check_batch_fits(n: int, per_iteration: int) -> None:
+    if per_iteration > n:
+        raise DataError(
+            f"data.prompts_per_iteration ({per_iteration}) is larger than the dataset ({n} prompts); "
+            f"set it to at most {n}"
+        )
+
+
 class PromptStream:
     """Draws `per_iteration` prompts at a time. No prompt is reused until every prompt has been
     drawn once; then the order is reshuffled. A batch that crosses that boundary never holds a
@@ -204,11 +226,7 @@ class PromptStream:
     exactly what an uninterrupted one would have."""
 
     def __init__(self, n: int, per_iteration: int, seed: int, shuffle: bool = True, state: dict | None = None):
-        if per_iteration > n:
-            raise DataError(
-                f"data.prompts_per_iteration ({per_iteration}) is larger than the dataset ({n} prompts); "
-                f"set it to at most {n}"
-            )
+        check_batch_fits(n, per_iteration)
         self.n, self.per_iteration, self.seed, self.shuffle = n, per_iteration, seed, shuffle
         state = state or {"epoch": 0, "position": 0, "order": None}
         self.epoch, self.position = state["epoch"], state["position"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loop.data import DataError, row_to_prompt
+from loop.data import DataError, row_to_prompt, utf8_lines
 from records import Judgment, Prompt, Sample
 from loop.store import read_jsonl
 from policies.objectives.base import Example
@@ -31,16 +31,15 @@ def load_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file (pass --data a .jsonl file or a run directory)")
     examples, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                examples.append(_row_to_example(json.loads(line), f"{path}:{lineno}", lineno))
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-            except DataError as e:
-                errors.append(str(e))
+    for lineno, line in enumerate(utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(_row_to_example(json.loads(line), f"{path}:{lineno}", lineno))
+        except json.JSONDecodeError as e:
+            errors.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        except DataError as e:
+            errors.append(str(e))
     if errors:
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise DataError(f"{len(errors)} bad row(s):\n  " + "\n  ".join(errors[:20]) + more)

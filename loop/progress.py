@@ -45,6 +45,7 @@ def summary_line(m: dict, total: int, history: list[dict]) -> str:
         f"loss {f(m.get('loss'), '.3f')} | train {m.get('n_train', 0)} | tokens {m.get('tokens_sampled', 0)} | "
         f"errors {m.get('n_judge_errors', 0)} | sample {f(m.get('sample_s'), '.0f')}s judge {f(m.get('judge_s'), '.1f')}s "
         f"learn {f(m.get('learn_s'), '.0f')}s publish {f(m.get('publish_s'), '.1f')}s"
+        + (" | trained on nothing: the objective found no usable row (check the judgments)" if m.get("n_train") == 0 else "")
     )
 
 

@@ -26,6 +26,7 @@ from loop.config import ConfigError, RunConfig
 from loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
 from loop.lock import DirLock
 from loop.metrics import judgment_metrics
+from loop.preflight import preflight_run
 from loop.progress import eval_line
 from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
 from records import Prompt
@@ -164,6 +165,7 @@ def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
             where = cfg.data.path.replace("{round}", round_id)
             return RoundResult(NO_NEW_PROMPTS, f"round {round_id}: no new prompts in {where} (no such file, or every "
                                                "prompt there was drawn by an earlier round); nothing to do")
+        preflight_run(round_config(cfg, series.round_dir(round_id), len(prompts)))  # before the draw is recorded
         entry = done or begin_round(series, cfg, round_id, prompts)
         return Round(series, cfg, entry).run()
 
@@ -213,9 +215,8 @@ class Round:
         # Imported here, not at the top: loop.cycle brings torch and Ray, and a finished
         # round, a locked series or a night without new prompts should answer at once.
         from loop.cycle import Cycle, opened, started_actors
-        from loop.tracking import Tracking, check_backends
+        from loop.tracking import Tracking
 
-        check_backends(self.cfg)
         store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
         if store.load_state() is None:
             store.save_state(self.initial_state())

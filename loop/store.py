@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,7 +165,11 @@ class RunStore:
     def load_state(self) -> RunState | None:
         if not self.state_path.exists():
             return None
-        return RunState(**json.loads(self.state_path.read_text()))
+        data = self._json(self.state_path)
+        try:
+            return RunState(**data)
+        except TypeError as e:
+            raise self.damaged(self.state_path, f"not a run state ({e})") from None
 
     def save_state(self, state: RunState) -> None:
         atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2) + "\n")
@@ -195,32 +200,76 @@ class RunStore:
         for i in range(1, upto + 1):
             p = self.iter_dir(i) / "metrics.json"
             if p.exists():
-                lines.append(json.dumps(json.loads(p.read_text())) + "\n")
+                lines.append(json.dumps(self._json(p)) + "\n")
         atomic_write_text(self.root / "metrics.jsonl", "".join(lines))
 
     def read_metrics(self) -> list[dict]:
         p = self.root / "metrics.jsonl"
         if not p.exists():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    # Derived data: repaired from the per-iteration files, and said so.
+                    last = max((int(d.name[5:]) for d in self.root.glob("iter-[0-9]*") if d.name[5:].isdigit()), default=0)
+                    self.rebuild_metrics_jsonl(upto=last)
+                    print(f"alignloop: {p} was damaged (line {n}: {e}); rebuilt it from iter-*/metrics.json",
+                          file=sys.stderr)
+                    return self.read_metrics()
+        return rows
+
+    # damage ------------------------------------------------------------------
+    def _json(self, path: Path) -> dict:
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise self.damaged(path, f"not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise self.damaged(path, "not a JSON object")
+        return data
+
+    def damaged(self, path: Path, what: str) -> ConfigError:
+        """A damaged run directory is reported, never silently continued."""
+        return ConfigError(f"{path}: damaged run directory: {what}; restore it from a backup, "
+                           "or start the run over with --overwrite")
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
-    """Refuse to mix two configs in one run directory, or to clobber progress by accident."""
-    store = RunStore(cfg.resolved_run_dir)
+    """check_run_dir, then start over (--overwrite) and save the resolved config."""
+    store = check_run_dir(cfg, resume, overwrite)
     if overwrite:
         store.reset()
-    elif store.has_progress():
+    atomic_write_text(store.config_path, to_yaml(cfg))
+    return store
+
+
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
+    """Refuse to mix two configs in one run directory, or to clobber progress by accident.
+    Reads only."""
+    store = RunStore(cfg.resolved_run_dir)
+    if overwrite:
+        return store
+    if store.has_progress():
         if not resume:
             raise ConfigError(
                 f"{store.root} already holds a run; pass --resume to continue it or --overwrite to start over"
             )
-        saved = yaml.safe_load(store.config_path.read_text()) if store.config_path.exists() else {}
+        store.load_state()  # a damaged state.json is reported before anything is compared
+        if not store.config_path.exists():
+            raise store.damaged(store.config_path, "missing (every run saves its resolved config there)")
+        try:
+            saved = yaml.safe_load(store.config_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise store.damaged(store.config_path, f"not valid YAML ({e})") from None
+        if not isinstance(saved, dict):
+            raise store.damaged(store.config_path, "not a mapping of config fields")
         conflicts = resume_conflicts(saved, cfg)
         if conflicts:
             raise ConfigError(
                 f"{store.root} holds a run with a different config (fields: {', '.join(conflicts)}); "
                 "resume with the same config, use another run name, or pass --overwrite to start over"
             )
-    atomic_write_text(store.config_path, to_yaml(cfg))
     return store

@@ -48,7 +48,13 @@ def resolve_model_path(path: str) -> str:
     if path in EMBEDDED:
         return str(ensure_embedded(path))
     if Path(path).expanduser().is_dir():
-        return str(Path(path).expanduser())
+        local = Path(path).expanduser()
+        if not (local / "config.json").exists():
+            raise ModelNotFound(
+                f"model.path {path!r} is a directory but not a Hugging Face model (no config.json in it); "
+                "point it at a directory written by save_pretrained, or use the embedded model's name"
+            )
+        return str(local)
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise ModelNotFound(
             f"model.path {path!r} is neither an embedded model ({', '.join(EMBEDDED)}), "

@@ -8,7 +8,7 @@ To add an objective: a class here, its entry in `ObjectiveConfig`, its file, and
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,8 @@ DEFAULT_JUDGMENT_TEMPLATE = (
 
 class ObjectiveOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Objectives that compare the samples of one prompt learn nothing from a single sample.
+    min_samples_per_prompt: ClassVar[int] = 1
 
 
 class SFTOptions(ObjectiveOptions):
@@ -73,12 +75,14 @@ class ReinforceOptions(ObjectiveOptions):
 class RLOOOptions(ObjectiveOptions):
     """RLOO: REINFORCE with the mean reward of the prompt's other k-1 samples as baseline."""
 
+    min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["rloo"] = "rloo"
 
 
 class GRPOOptions(ObjectiveOptions):
     """GRPO: group-normalised advantages and a clipped importance ratio (no KL term)."""
 
+    min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["grpo"] = "grpo"
     clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps].")
     average: Literal["sequence", "token"] = Field(
@@ -91,6 +95,7 @@ class GRPOOptions(ObjectiveOptions):
 class PPOOptions(ObjectiveOptions):
     """PPO-clip with a KL penalty to the reference (base model, adapter disabled)."""
 
+    min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["ppo"] = "ppo"
     clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps].")
     kl_coef: float = Field(0.05, ge=0, description="beta: weight of the per-token KL(pi || pi_ref) estimate in the loss.")
@@ -99,6 +104,7 @@ class PPOOptions(ObjectiveOptions):
 class DPOOptions(ObjectiveOptions):
     """Online DPO / IPO on pairs built per prompt from the judge's scores or verdicts."""
 
+    min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["dpo"] = "dpo"
     loss: Literal["dpo", "ipo"] = Field("dpo", description="dpo: -log sigmoid(beta h); ipo: squared distance of h to a target.")
     beta: float = Field(0.1, gt=0, description="beta: DPO's inverse temperature; IPO's regulariser.")

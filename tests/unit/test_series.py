@@ -133,8 +133,9 @@ def test_a_second_run_on_a_busy_run_directory_exits_6_and_writes_nothing(tmp_pat
 
     run_dir = tmp_path / "run"
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"name": "t", "run_dir": str(run_dir), "data": {"path": str(tmp_path / "p.jsonl")},
-                                      "judge": {"type": "rules", "checks": [{"type": "finished"}]}}))
+    write(tmp_path / "p.jsonl", "one", "two")
+    config.write_text(yaml.safe_dump({"name": "t", "run_dir": str(run_dir), "data": {"path": str(tmp_path / "p.jsonl"),
+                                      "prompts_per_iteration": 2}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}}))
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -1,0 +1,124 @@
+"""Bad input as a new user meets it: each gets exit 2, a message that says what to do, and
+writes nothing; secrets never reach the screen or the run directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loop.config import redact, validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-proj-Zx81kdQ0aLmPq77Rt5UvWx9Yz"
+
+
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "loop.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def config(tmp_path: Path, **over) -> Path:
+    prompts = tmp_path / "p.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps({"instruction": f"q{i}"}) + "\n" for i in range(4)))
+    raw = {"name": "t", "run_dir": str(tmp_path / "run"), "data": {"path": str(prompts), "prompts_per_iteration": 2},
+           "judge": {"type": "rules", "checks": [{"type": "finished"}]}, **over}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def openai_judge(**over) -> dict:
+    return {"type": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", **over}
+
+
+def refused(out: subprocess.CompletedProcess, *expected: str) -> None:
+    assert out.returncode == 2, out.stderr
+    for text in expected:
+        assert text in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_api_key_where_the_variable_name_goes_is_refused_and_never_printed(tmp_path):
+    for args in (["run", "--dry-run"], ["run"]):
+        out = cli(*args[:1], str(config(tmp_path, judge=openai_judge(api_key_env=KEY))), *args[1:])
+        refused(out, "judge.api_key_env: this looks like an API key", "export OPENAI_API_KEY=<your key>")
+        assert KEY not in out.stderr + out.stdout
+    refused(cli("run", str(config(tmp_path, judge=openai_judge(api_key_env="my-key")))), "must be an environment variable name")
+    assert not (tmp_path / "run").exists()
+
+
+def test_credentials_and_secret_looking_values_are_masked_where_a_config_is_printed():
+    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": openai_judge(
+        base_url="https://alice:hunter2pass@llm.example.com/v1",
+        extra_body={"headers": {"X-Auth": f"Bearer {KEY}"}, "note": f"key={KEY}", "safe": "keep me"})})
+    text = yaml.safe_dump(redact(cfg.model_dump(mode="json")))
+    assert "hunter2pass" not in text and KEY not in text
+    assert "https://alice:***@llm.example.com/v1" in text and "Bearer ***" in text and "keep me" in text
+
+
+def test_a_missing_key_variable_or_an_unreachable_endpoint_stops_before_anything_starts(tmp_path):
+    refused(cli("run", str(config(tmp_path, judge=openai_judge(api_key_env="ALIGNLOOP_TEST_NO_SUCH_KEY")))),
+            "environment variable ALIGNLOOP_TEST_NO_SUCH_KEY is not set")
+    out = cli("run", str(config(tmp_path, judge=openai_judge(api_key_env=None))))
+    refused(out, "cannot reach http://127.0.0.1:9/v1", "check judge.base_url")
+    assert "starting Ray" not in out.stdout and not (tmp_path / "run").exists()
+
+
+def test_files_that_are_not_what_they_claim(tmp_path):
+    bad_config = tmp_path / "latin1.yaml"
+    bad_config.write_bytes(b"name: t\ndata: {path: caf\xe9.jsonl}\n")
+    refused(cli("run", str(bad_config)), "latin1.yaml:2: not UTF-8 text (byte 24")
+    refused(cli("run", str(tmp_path)), "is a directory; pass the YAML config file")
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n')
+    refused(cli("run", str(config(tmp_path, data={"path": str(data)}))), "latin1.jsonl:2: not UTF-8 text")
+    parquet = tmp_path / "broken.parquet"
+    parquet.write_bytes(b"PAR1 this is not parquet")
+    refused(cli("run", str(config(tmp_path, data={"path": str(parquet)}))), "broken.parquet: not a readable Parquet file")
+    (tmp_path / "not-a-model").mkdir()
+    refused(cli("run", str(config(tmp_path, model={"path": str(tmp_path / "not-a-model")}))),
+            "is a directory but not a Hugging Face model (no config.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_that_cannot_work_are_config_errors_before_ray(tmp_path):
+    refused(cli("run", str(config(tmp_path, data={"path": str(tmp_path / "p.jsonl"), "prompts_per_iteration": 9}))),
+            "data.prompts_per_iteration (9) is larger than the dataset (4 prompts)")
+    refused(cli("run", str(config(tmp_path, learner={"objective": {"type": "rloo"}}, sampler={"samples_per_prompt": 1}))),
+            "'rloo' compares the samples of each prompt", "set it to at least 2")
+    if importlib.util.find_spec("vllm") is None:
+        refused(cli("run", str(config(tmp_path, sampler={"backend": "vllm"}))), "sampler.backend is 'vllm' but vLLM is not installed")
+    if importlib.util.find_spec("aiohttp_cors") is None:
+        refused(cli("run", str(config(tmp_path, ray={"dashboard": True}))), "ray.dashboard: true needs Ray's dashboard packages")
+    assert not (tmp_path / "run").exists(), "a config error must write nothing"
+
+
+def test_a_damaged_run_directory_is_reported_or_repaired(tmp_path):
+    run = tmp_path / "run"
+    path = config(tmp_path)
+    (run / "iter-0001").mkdir(parents=True)
+    (run / "iter-0001" / "metrics.json").write_text(json.dumps({"iteration": 1, "pass_rate": 0.5}))
+    from loop.config import load_config, to_yaml
+
+    (run / "config.yaml").write_text(to_yaml(load_config(path)))
+    (run / "state.json").write_text('{"iteration": 1, "step": "le')  # truncated by a full disk
+    refused(cli("status", str(run)), "state.json: damaged run directory: not valid JSON", "--overwrite")
+    refused(cli("run", str(path), "--resume"), "state.json: damaged run directory")
+
+    (run / "state.json").write_text(json.dumps({"iteration": 1, "step": "learn", "adapter_version": 1}))
+    (run / "metrics.jsonl").write_text("garbage\n")
+    out = cli("status", str(run))
+    assert out.returncode == 0 and "metrics.jsonl was damaged" in out.stderr and "rebuilt it" in out.stderr, out.stderr
+    assert json.loads((run / "metrics.jsonl").read_text()) == {"iteration": 1, "pass_rate": 0.5}
+
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    refused(cli("run", str(path), "--resume"), "config.yaml: damaged run directory: not valid YAML")
