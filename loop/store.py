@@ -12,6 +12,7 @@ artifacts of the step it records.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ import yaml
 from pydantic import BaseModel
 
 from loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
-from policies.adapter import AdapterPayload
+from policies.adapter import WEIGHTS, AdapterPayload
 from records import Judgment, Prompt, Sample
 
 STEPS = ("sample", "judge", "learn")
@@ -221,6 +222,30 @@ class RunStore:
                     return self.read_metrics()
         return rows
 
+    def verify(self, state: RunState) -> None:
+        """The run directory holds what state.json says finished: every file of every
+        finished step, record counts that agree, and the adapter whose checksum it records.
+        Damage is reported precisely; continuing from it would silently train on less."""
+        last = state.last_learned()
+        for i in range(1, state.iteration + 1):
+            d = self.iter_dir(i)
+            steps = STEPS if i < state.iteration else STEPS[: STEPS.index(state.step) + 1]
+            need = {"sample": ["prompts.jsonl", "samples.jsonl"], "judge": ["judgments.jsonl"],
+                    "learn": ["metrics.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]}
+            for name in [f for step in steps for f in need[step]]:
+                if not (d / name).exists():
+                    raise self.damaged(d / name, f"missing, though state.json records iteration {i} {steps[-1]} as finished")
+            samples = _count_lines(d / "samples.jsonl")
+            if "judge" in steps and _count_lines(d / "judgments.jsonl") != samples:
+                raise self.damaged(d / "judgments.jsonl", f"{_count_lines(d / 'judgments.jsonl')} judgments for {samples} samples")
+        if last and not (self.iter_dir(last) / "learner_state.pt").exists():
+            raise self.damaged(self.iter_dir(last) / "learner_state.pt", "missing: the optimizer state to continue from")
+        if last:
+            weights = (self.iter_dir(last) / "adapter" / WEIGHTS).read_bytes()
+            if hashlib.sha256(weights).hexdigest() != state.adapter_checksum:
+                raise self.damaged(self.iter_dir(last) / "adapter" / WEIGHTS,
+                                   f"its sha256 is not the one state.json records for adapter v{state.adapter_version}")
+
     # damage ------------------------------------------------------------------
     def _json(self, path: Path) -> dict:
         try:
@@ -235,6 +260,10 @@ class RunStore:
         """A damaged run directory is reported, never silently continued."""
         return ConfigError(f"{path}: damaged run directory: {what}; restore it from a backup, "
                            "or start the run over with --overwrite")
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip())
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
@@ -257,7 +286,9 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
             raise ConfigError(
                 f"{store.root} already holds a run; pass --resume to continue it or --overwrite to start over"
             )
-        store.load_state()  # a damaged state.json is reported before anything is compared
+        state = store.load_state()  # a damaged state.json is reported before anything is compared
+        if state is not None:
+            store.verify(state)
         if not store.config_path.exists():
             raise store.damaged(store.config_path, "missing (every run saves its resolved config there)")
         try:

@@ -43,6 +43,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ALIGNLOOP_CACHE", Path.home() / ".cache" / "alignloop"))
 
 
+def sampler_workdir() -> Path:
+    """A fresh directory for one sampler process's adapter copies, under the cache (not /tmp).
+    Directories left by samplers that died without cleaning up (kill -9) are removed first."""
+    base = cache_dir() / "samplers"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=base, prefix=f"{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def resolve_model_path(path: str) -> str:
     """A directory transformers can load from (or a hub id, passed through)."""
     if path in EMBEDDED:

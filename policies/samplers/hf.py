@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +14,7 @@ from safetensors.torch import load as load_safetensors
 
 from records import Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
-from policies.model import resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
+from policies.model import sampler_workdir, resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
 
 
 class HFSampler:
@@ -31,7 +30,7 @@ class HFSampler:
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_model(model_path, model_cfg.dtype, self.device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="alignloop-sampler-"))
+        self.workdir = Path(workdir or sampler_workdir())
         self.version: int | None = None
         self.checksum: str | None = None
         self._adapter_config: dict | None = None

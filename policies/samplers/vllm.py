@@ -9,13 +9,12 @@ needs an `if __name__ == "__main__"` guard.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from records import Prompt, Sample
 from policies.adapter import AdapterPayload
-from policies.model import load_tokenizer, render_prompt, resolve_model_path
+from policies.model import sampler_workdir, load_tokenizer, render_prompt, resolve_model_path
 from policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids
 
 
@@ -36,7 +35,7 @@ class VLLMSampler:
             max_cpu_loras=opts.max_loras + 1,
             logprobs_mode=self.logprobs_mode or "raw_logprobs",
         )
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="alignloop-vllm-sampler-"))
+        self.workdir = Path(workdir or sampler_workdir())
         self.version: int | None = None
         self.checksum: str | None = None
         self.lora = None  # the LoRARequest served; None: the base model

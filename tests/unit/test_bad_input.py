@@ -102,23 +102,51 @@ def test_settings_that_cannot_work_are_config_errors_before_ray(tmp_path):
     assert not (tmp_path / "run").exists(), "a config error must write nothing"
 
 
-def test_a_damaged_run_directory_is_reported_or_repaired(tmp_path):
-    run = tmp_path / "run"
-    path = config(tmp_path)
-    (run / "iter-0001").mkdir(parents=True)
-    (run / "iter-0001" / "metrics.json").write_text(json.dumps({"iteration": 1, "pass_rate": 0.5}))
-    from loop.config import load_config, to_yaml
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model) -> tuple[Path, dict]:
+    """A real two-iteration run (in-process, the tiny model) to damage in copies."""
+    from tests.conftest import tiny_config, write_prompts
+    from tests.unit.test_tracking import run_in_process
 
-    (run / "config.yaml").write_text(to_yaml(load_config(path)))
-    (run / "state.json").write_text('{"iteration": 1, "step": "le')  # truncated by a full disk
-    refused(cli("status", str(run)), "state.json: damaged run directory: not valid JSON", "--overwrite")
-    refused(cli("run", str(path), "--resume"), "state.json: damaged run directory")
+    tmp = tmp_path_factory.mktemp("finished")
+    raw = tiny_config(tiny_model, write_prompts(tmp / "p.jsonl"), tmp / "run", iterations=2,
+                      judging={"actors": 1}, sampler={"replicas": 1}, tracking={"backends": []})
+    run_in_process(validate_config(raw))
+    return tmp / "run", raw
 
-    (run / "state.json").write_text(json.dumps({"iteration": 1, "step": "learn", "adapter_version": 1}))
-    (run / "metrics.jsonl").write_text("garbage\n")
-    out = cli("status", str(run))
-    assert out.returncode == 0 and "metrics.jsonl was damaged" in out.stderr and "rebuilt it" in out.stderr, out.stderr
-    assert json.loads((run / "metrics.jsonl").read_text()) == {"iteration": 1, "pass_rate": 0.5}
 
-    (run / "config.yaml").write_text("name: [unclosed\n")
-    refused(cli("run", str(path), "--resume"), "config.yaml: damaged run directory: not valid YAML")
+def damaged_copy(finished_run, tmp_path, damage) -> Path:
+    import shutil
+
+    run, raw = finished_run
+    shutil.copytree(run, tmp_path / "run")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "run")}))
+    damage(tmp_path / "run")
+    return path
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda r: (r / "iter-0002" / "judgments.jsonl").unlink(),
+     "iter-0002/judgments.jsonl: damaged run directory: missing, though state.json records iteration 2 learn as finished"),
+    (lambda r: (r / "iter-0001" / "judgments.jsonl").write_text("".join((r / "iter-0001" / "judgments.jsonl").read_text().splitlines(True)[:-2])),
+     "iter-0001/judgments.jsonl: damaged run directory: 10 judgments for 12 samples"),
+    (lambda r: (r / "iter-0002" / "adapter" / "adapter_model.safetensors").write_bytes(b"not the adapter"),
+     "adapter_model.safetensors: damaged run directory: its sha256 is not the one state.json records for adapter v2"),
+    (lambda r: (r / "iter-0002" / "learner_state.pt").unlink(), "learner_state.pt: damaged run directory: missing"),
+    (lambda r: (r / "state.json").write_text('{"iteration": 2, "step": "le'), "state.json: damaged run directory: not valid JSON"),
+    (lambda r: (r / "config.yaml").write_text("name: [unclosed\n"), "config.yaml: damaged run directory: not valid YAML"),
+], ids=["judgments-deleted", "judgments-truncated", "adapter-corrupt", "optimizer-state-deleted", "state-truncated", "config-garbage"])
+def test_a_damaged_run_directory_is_reported_precisely(finished_run, tmp_path, damage, expected):
+    path = damaged_copy(finished_run, tmp_path, damage)
+    refused(cli("run", str(path), "--resume", "--set", "iterations=3"), expected, "--overwrite")
+
+
+def test_damaged_metrics_are_rebuilt_and_a_damaged_state_stops_status(finished_run, tmp_path):
+    path = damaged_copy(finished_run, tmp_path, lambda r: (r / "metrics.jsonl").write_text("garbage\n"))
+    out = cli("status", str(tmp_path / "run"))
+    assert out.returncode == 0 and "metrics.jsonl was damaged" in out.stderr and "2 iteration(s) complete" in out.stdout, out.stderr
+    assert [json.loads(l)["iteration"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    (tmp_path / "run" / "state.json").write_text("{")
+    refused(cli("status", str(tmp_path / "run")), "state.json: damaged run directory")
+    assert path.exists()

@@ -145,3 +145,20 @@ def test_restore_with_a_fresh_optimizer_and_a_given_version(cfg):
     assert fresh.export().checksum != kept.export().checksum, "the optimizer state must matter"
     fresh.finish(version=9)
     assert fresh.version == 9
+
+
+def test_sampler_workdirs_live_in_the_cache_and_dead_samplers_dirs_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from policies.model import sampler_workdir
+
+    monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / "samplers" / f"{dead.pid}-abc"  # what a kill -9 leaves behind
+    (left / "adapter-v3").mkdir(parents=True)
+    mine = sampler_workdir()
+    assert mine.parent == tmp_path / "samplers" and mine.name.startswith(f"{__import__('os').getpid()}-")
+    assert not left.exists(), "a dead sampler's adapter copies are cleaned up on the next start"
+    assert sampler_workdir().exists() and mine.exists(), "a live process's directory stays"
