@@ -197,7 +197,7 @@ class OpenAIJudge:
                 await asyncio.sleep(self.backoff(attempt, retry_after(e)))
                 continue
             self.account(getattr(response, "usage", None))
-            return reply_text(response)
+            return reply_text(response, self.config.max_tokens)
         raise AssertionError("unreachable")
 
     def request(self, messages: list[dict]) -> dict:
@@ -245,10 +245,14 @@ def _make_client(config: OpenAIJudgeConfig, api_key: str):
     return AsyncOpenAI(base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.timeout_s)
 
 
-def reply_text(response) -> str:
+def reply_text(response, max_tokens: int | None = None) -> str:
     choices = getattr(response, "choices", None)
     if not choices:
         raise Unparseable("the response has no choices")
+    if getattr(choices[0], "finish_reason", None) == "length":
+        # Said as what it is, not as "no JSON object": the fix is the user's setting.
+        raise Unparseable(f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; "
+                          "raise judge.max_tokens")
     text = choices[0].message.content
     if not text:
         refusal = getattr(choices[0].message, "refusal", None)

@@ -152,7 +152,19 @@ def parse_judgment(text: str, score_range: tuple[float, float] = (1, 10)) -> Par
     critique = obj.get("critique")
     if critique is not None and not isinstance(critique, str):
         raise Unparseable(f"critique is not text: {_snippet(json.dumps(obj))}")
-    return Parsed(verdict, read_score(obj.get("score"), score_range), critique.strip() if critique else None)
+    critique = critique.strip() if critique else None
+    if critique and _PLACEHOLDER.fullmatch(critique):
+        # A weak judge copies the template's placeholder back; CUT and Hindsight must not train on it.
+        raise Unparseable(f"the judge echoed the prompt's placeholder instead of a critique: {_snippet(critique)}")
+    score = read_score(obj.get("score"), score_range)
+    if score is not None and ((verdict == "positive" and score < 1 / 3) or (verdict == "negative" and score > 2 / 3)):
+        raise Unparseable(f"self-contradicting judgment: verdict {obj.get('verdict')!r} with score "
+                          f"{obj.get('score')} on {score_range[0]:g}-{score_range[1]:g}")
+    return Parsed(verdict, score, critique)
+
+
+# "<the errors and shortcomings, or: ...>": a template's placeholder, not a critique.
+_PLACEHOLDER = re.compile(r"<[^<>]{3,}>")
 
 
 def find_judgment_object(text: str) -> dict | None:

@@ -222,3 +222,25 @@ def test_retry_after_header_forms():
     soon = email.utils.formatdate(time.time() + 5, usegmt=True)
     assert 3.5 < retry_after(err({"retry-after": soon})) <= 5.0
     assert retry_after(err({})) is None and retry_after(ValueError()) is None
+
+
+def test_weak_judge_replies_are_errors_not_signals():
+    """What a 135M judge was seen to do: copy the placeholder back, contradict itself, run
+    out of tokens. Each is an error judgment (counted), never a critique or reward."""
+    from types import SimpleNamespace
+
+    from judges.openai_judge import reply_text
+    from judges.prompting import Unparseable, parse_judgment
+
+    echoed = '{"critique": "<the errors and shortcomings, or: The response is perfect.>", "verdict": "satisfactory", "score": 9}'
+    with pytest.raises(Unparseable, match="echoed the prompt's placeholder"):
+        parse_judgment(echoed)
+    with pytest.raises(Unparseable, match="self-contradicting judgment: verdict 'satisfactory' with score 1 on 1-10"):
+        parse_judgment('{"critique": "Fine.", "verdict": "satisfactory", "score": 1}')
+    with pytest.raises(Unparseable, match="self-contradicting"):
+        parse_judgment('{"critique": "Wrong.", "verdict": "unsatisfactory", "score": 10}')
+    ok = parse_judgment('{"critique": "Uses <b> tags, which the user did not ask for.", "verdict": "unsatisfactory", "score": 4}')
+    assert ok.verdict == "negative" and "<b>" in ok.critique
+    cut = SimpleNamespace(choices=[SimpleNamespace(finish_reason="length", message=SimpleNamespace(content='{"critique": "The'))])
+    with pytest.raises(Unparseable, match=r"cut off at max_tokens \(512\).*raise judge.max_tokens"):
+        reply_text(cut, 512)
