@@ -15,7 +15,7 @@ from loop.actors import Actors, Exported, JudgePool, SamplerPool, start_ray
 from loop.config import RunConfig
 from loop.data import PromptStream, load_data
 from loop.lock import DirLock
-from loop.metrics import judgment_metrics, sample_metrics
+from loop.metrics import is_spending, judgment_metrics, sample_metrics
 from loop.progress import phase, summary_line
 from loop.preflight import attached, preflight_run
 from loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
@@ -28,6 +28,7 @@ from records import Judgment, Prompt, Sample
 
 class JudgeErrorRate(RuntimeError):
     pass
+
 
 
 class Cycle:
@@ -114,9 +115,17 @@ class Cycle:
         here has not finished the step, so --resume comes back to it, keeps the successful
         judgments of the saved attempt and judges again only the failed ones."""
         previous = self.store.load_judgments(i) if retry_failed else None
+        spent = {k: v for k, v in self.pending.items() if is_spending(k)} if retry_failed else {}
         judgments = self.judge(prompts, samples, previous)
+        # Every request counts, the stopped attempt's too: its usage was saved with the state.
+        for k, v in spent.items():
+            self.pending[k] = self.pending.get(k, 0) + v
         self.store.save_judgments(i, judgments)
-        self.check_errors(i, judgments)
+        try:
+            self.check_errors(i, judgments)
+        except JudgeErrorRate:
+            self.save_state(i, "sample")  # the step is not finished; its usage so far is kept
+            raise
         self.save_state(i, "judge")
         return judgments
 

@@ -28,3 +28,9 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
         # mean seconds per judgment as the judge reported it (a batch call's time, per sample)
         "judge_latency_s": sum(latencies) / len(latencies) if latencies else None,
     }
+
+
+def is_spending(key: str) -> bool:
+    """What a judge step spends (its time, and the judges' requests, tokens, cost ...): summed
+    over the attempts of one iteration's judge step, unlike the rates computed from judgments."""
+    return key.startswith("judge_") and key not in ("judge_error_rate", "judge_latency_s")

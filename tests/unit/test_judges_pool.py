@@ -157,3 +157,19 @@ def test_judge_worker_turns_a_broken_judge_into_error_judgments():
     assert [j.sample_id for j in out] == ["s000", "s001"]
     assert all(j.verdict is None and "do not match the samples one to one" in j.error for j in out)
     assert asyncio.run(worker.take_usage()) == {}, "a judge without usage() reports nothing"
+
+
+def test_a_stopped_judge_steps_usage_is_counted_after_the_resume(tmp_path):
+    """Requests, tokens and cost of the attempt the error budget stopped still reach the metrics."""
+    prompts, samples = prompts_and_samples([f"r{i}" for i in range(10)])
+    first = make_cycle(flaky(), tmp_path, actors=1, chunk_size=10, max_error_rate=0.2)
+    write_sampled_iteration(first, 1, prompts, samples)
+    BROKEN.update({"s001", "s004", "s007"})
+    with pytest.raises(JudgeErrorRate):
+        first.iteration(*first.state.next_step())
+    assert first.store.load_state().data["pending"]["judge_requests"] == 2, "the stopped attempt's usage is saved"
+    BROKEN.clear()
+    resumed = make_cycle(flaky(), tmp_path, actors=1, chunk_size=10, max_error_rate=0.2)
+    resumed.learn = lambda i, p, s, j: None
+    resumed.iteration(*resumed.state.next_step())
+    assert resumed.pending["judge_requests"] == 2 + 2 and resumed.pending["judge_cost_usd"] == pytest.approx(0.25 + 0.25)
