@@ -68,6 +68,9 @@ class OpenAIJudgeConfig(BaseModel):
     concurrency: int = Field(16, gt=0, description="Requests in flight at once per judge actor.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed request before it is recorded as an error.")
+    unparseable_retries: int = Field(
+        1, ge=0, description="Ask again when a reply cannot be read, at temperature > 0 only (at 0 it would repeat itself)."
+    )
     backoff_base_s: float = Field(1.0, gt=0, description="First retry waits about this long; doubling after.")
     backoff_max_s: float = Field(60.0, gt=0, description="Cap of the exponential backoff (a server's Retry-After is always honoured).")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M prompt tokens, for cost metrics.")
@@ -106,6 +109,7 @@ class Usage:
     requests: int = 0  # HTTP attempts, retries included
     retries: int = 0
     cache_hits: int = 0
+    unparseable_retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -160,7 +164,7 @@ class OpenAIJudge:
         async with self._slots:
             start = time.perf_counter()
             try:
-                parsed = parse_judgment(await self.call(messages), self.config.prompt.score_range)
+                parsed = await self.readable_reply(messages)
             except (CallFailed, Unparseable) as e:
                 kind = "unparseable judge reply: " if isinstance(e, Unparseable) else ""
                 return Judgment(sample_id=sample.id, judge=self.name, latency_s=time.perf_counter() - start,
@@ -168,6 +172,20 @@ class OpenAIJudge:
         if self.cache is not None:
             self.cache.put(key, parsed)
         return self.judgment(sample, parsed, time.perf_counter() - start)
+
+    async def readable_reply(self, messages: list[dict]) -> Parsed:
+        """The parsed reply. An unreadable one is asked for again only when sampling can give a
+        different answer (temperature > 0); a reply cut off at max_tokens is not, since the
+        same limit would cut it again. The last failure is raised."""
+        tries = 1 + (self.config.unparseable_retries if self.config.temperature > 0 else 0)
+        for attempt in range(tries):
+            try:
+                return parse_judgment(await self.call(messages), self.config.prompt.score_range)
+            except Unparseable as e:
+                if attempt == tries - 1 or "cut off at max_tokens" in str(e):
+                    raise
+                self.counts.unparseable_retries += 1
+        raise AssertionError("unreachable")
 
     def judgment(self, sample: Sample, parsed: Parsed, latency: float) -> Judgment:
         return Judgment(sample_id=sample.id, verdict=parsed.verdict, score=parsed.score,

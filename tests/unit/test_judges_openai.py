@@ -244,3 +244,17 @@ def test_weak_judge_replies_are_errors_not_signals():
     cut = SimpleNamespace(choices=[SimpleNamespace(finish_reason="length", message=SimpleNamespace(content='{"critique": "The'))])
     with pytest.raises(Unparseable, match=r"cut off at max_tokens \(512\).*raise judge.max_tokens"):
         reply_text(cut, 512)
+
+
+def test_an_unreadable_reply_is_asked_again_only_where_sampling_can_change_it(server):
+    """At temperature 0 the same request returns the same unreadable reply: one request, an
+    error. Above 0 it is asked once more (unparseable_retries) and the second reply counts."""
+    cold = OpenAIJudge(config(server))
+    _, (j,) = run(cold, ["good FAULTS=prose"])
+    assert j.error.startswith("unparseable judge reply") and server.requests == 1
+    warm = OpenAIJudge(config(server, temperature=0.7))
+    _, (j,) = run(warm, ["good again FAULTS=badjson"])
+    assert j.error is None and j.verdict == "positive" and server.requests == 1 + 2
+    assert warm.usage()["unparseable_retries"] == 1
+    _, (j,) = run(OpenAIJudge(config(server, temperature=0.7)), ["bad FAULTS=prose,prose"])
+    assert j.error.startswith("unparseable judge reply") and server.requests == 3 + 2
