@@ -44,10 +44,14 @@ class JudgmentCache:
 
     def get(self, key: str) -> Parsed | None:
         row = self.db.execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
-        return Parsed(**json.loads(row[0])) if row else None
+        if row is None:
+            return None
+        value = json.loads(row[0])  # entries written before quotes existed have none
+        return Parsed(**{**value, "quotes": tuple(value.get("quotes", ()))})
 
     def put(self, key: str, parsed: Parsed) -> None:
-        value = json.dumps({"verdict": parsed.verdict, "score": parsed.score, "critique": parsed.critique})
+        value = json.dumps({"verdict": parsed.verdict, "score": parsed.score, "critique": parsed.critique,
+                            "quotes": list(parsed.quotes)})
         self.db.execute("INSERT OR REPLACE INTO judgments (key, value) VALUES (?, ?)", (key, value))
 
     def __len__(self) -> int:

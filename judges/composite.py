@@ -7,7 +7,8 @@ gate  The judges run in order, each seeing only the samples every earlier one pa
       `gate_fail_score` when set (so a gate failure can never outscore a judged sample).
 all   Every judge sees every sample. The verdict is positive only if every judge that gave
       one said positive; the score is the weighted mean of the scores given (`weights`,
-      default equal); the critiques are joined, each under its judge's name.
+      default equal); the critiques are joined, each under its judge's name, and their spans
+      merged.
 
 In both modes an error is an error: if any judge that saw a sample failed on it, the
 combined judgment carries the error(s) and no verdict or score. `judge` on a combined
@@ -113,5 +114,8 @@ class CompositeJudge:
         total = sum(w for w, _ in scored)
         score = sum(w * x for w, x in scored) / total if scored and total > 0 else None
         critique = "\n".join(f"[{n}] {p.critique}" for n, p in zip(names, parts) if p.critique) or None
+        # The parts' spans merged (each kept once, in order); their critiques say why.
+        spans = sorted({s for p in parts for s in p.spans or ()}, key=lambda s: (s.start, s.end, s.reason))
         return Judgment(sample_id=sample.id, verdict=verdict, score=score, critique=critique,
-                        judge=self.name, latency_s=latency)
+                        judge=self.name, latency_s=latency, spans=spans or None,
+                        unlocated_quotes=sum(p.unlocated_quotes for p in parts))

@@ -114,8 +114,7 @@ class CritiqueModelJudge(LocalModelJudge):
             parsed = parse_judgment(reply, self.config.prompt.score_range)
         except Unparseable as e:
             return Judgment(sample_id=sample.id, judge=self.name, latency_s=latency, error=f"unparseable judge reply: {e}")
-        return Judgment(sample_id=sample.id, verdict=parsed.verdict, score=parsed.score, critique=parsed.critique,
-                        judge=self.name, latency_s=latency)
+        return parsed.judgment(sample, self.name, latency)
 
     def generate(self, chats: list[list[dict]]) -> list[str]:
         c = self.config

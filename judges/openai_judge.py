@@ -188,8 +188,7 @@ class OpenAIJudge:
         raise AssertionError("unreachable")
 
     def judgment(self, sample: Sample, parsed: Parsed, latency: float) -> Judgment:
-        return Judgment(sample_id=sample.id, verdict=parsed.verdict, score=parsed.score,
-                        critique=parsed.critique, judge=self.name, latency_s=latency)
+        return parsed.judgment(sample, self.name, latency)
 
     def identity(self, messages: list[dict]) -> dict:
         """Everything that decides the answer; the messages already hold prompt and response."""

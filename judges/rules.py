@@ -1,8 +1,11 @@
-"""Rule-based judge: composable checks that each say, in one sentence, what is wrong.
+"""Rule-based judge: composable checks that each say, in one sentence, what is wrong, and,
+where the fault has a place, exactly where (character spans of the response).
 
 The verdict is positive only when every check passes; the score is the fraction that pass.
 The sentences of the failing checks, joined, are the critique — a natural-language judgment
-that CUT and Hindsight can learn from.
+that CUT and Hindsight can learn from; the spans of all failing checks are the judgment's
+`spans`, which CUT's `detection: spans` trains on. Checks with no place (too short, invalid
+JSON, a missing keyword) give a sentence and no span.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Annotated, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample, Span
 
 _WORD = re.compile(r"\b[\w'’-]+\b")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
@@ -25,11 +29,31 @@ def count_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
+@dataclass(frozen=True)
+class Fault:
+    """What a failing check says: one sentence, and the spans it is about (none: no place)."""
+
+    message: str
+    spans: tuple[Span, ...] = field(default=())
+
+
+def tail(text: str, start: int, reason: str) -> tuple[Span, ...]:
+    """The rest of the text from `start`, leading whitespace left out."""
+    while start < len(text) and text[start].isspace():
+        start += 1
+    return (Span(start=start, end=len(text), reason=reason),) if start < len(text) else ()
+
+
+def sentence_ends(text: str) -> list[int]:
+    """The offset just past each sentence-ending run of punctuation."""
+    return [m.end() for m in _SENTENCE_END.finditer(text)]
+
+
 class Check(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    def __call__(self, prompt: Prompt, sample: Sample) -> str | None:
-        """None when the response passes, else one sentence saying what is wrong."""
+    def __call__(self, prompt: Prompt, sample: Sample) -> Fault | None:
+        """None when the response passes, else what is wrong (and where)."""
         raise NotImplementedError
 
 
@@ -38,9 +62,10 @@ class MaxWords(Check):
     limit: int = Field(gt=0, description="Most words allowed.")
 
     def __call__(self, prompt, sample):
-        n = count_words(sample.response)
-        if n > self.limit:
-            return f"The response has {n} words; the limit is {self.limit}."
+        words = list(_WORD.finditer(sample.response))
+        if len(words) > self.limit:
+            over = tail(sample.response, words[self.limit].start(), f"past the {self.limit}-word limit")
+            return Fault(f"The response has {len(words)} words; the limit is {self.limit}.", over)
         return None
 
 
@@ -51,7 +76,7 @@ class MinWords(Check):
     def __call__(self, prompt, sample):
         n = count_words(sample.response)
         if n < self.limit:
-            return f"The response has only {n} words; it needs at least {self.limit}."
+            return Fault(f"The response has only {n} words; it needs at least {self.limit}.")
         return None
 
 
@@ -63,7 +88,9 @@ class MaxSentences(Check):
         text = sample.response.strip()
         n = len(_SENTENCE_END.findall(text)) + (0 if not text or text[-1] in ".!?" else 1)
         if n > self.limit:
-            return f"The response has {n} sentences; the limit is {self.limit}."
+            cut = sentence_ends(sample.response)[self.limit - 1]
+            return Fault(f"The response has {n} sentences; the limit is {self.limit}.",
+                         tail(sample.response, cut, f"past the {self.limit}-sentence limit"))
         return None
 
 
@@ -76,11 +103,16 @@ class BannedPhrases(Check):
     def __call__(self, prompt, sample):
         flags = 0 if self.case_sensitive else re.IGNORECASE
         edge = r"\b" if self.whole_words else ""
-        found = [p for p in self.phrases if re.search(f"{edge}{re.escape(p)}{edge}", sample.response, flags)]
+        found, spans = [], []
+        for p in self.phrases:
+            hits = list(re.finditer(f"{edge}{re.escape(p)}{edge}", sample.response, flags))
+            found += [p] if hits else []
+            spans += [Span(start=m.start(), end=m.end(), reason=f'banned "{p}"') for m in hits]
         if found:
             noun = "word" if self.whole_words else "phrase"
             quoted = ", ".join(f'"{p}"' for p in found)
-            return f"The response uses the banned {noun}{'s' if len(found) > 1 else ''} {quoted}."
+            return Fault(f"The response uses the banned {noun}{'s' if len(found) > 1 else ''} {quoted}.",
+                         tuple(sorted(spans, key=lambda s: (s.start, s.end))))
         return None
 
 
@@ -95,7 +127,7 @@ class RequiredKeywords(Check):
         if (self.mode == "all" and missing) or (self.mode == "any" and len(missing) == len(self.keywords)):
             quoted = ", ".join(f'"{k}"' for k in missing)
             need = "every one of" if self.mode == "all" else "at least one of"
-            return f"The response must contain {need} the keywords; missing: {quoted}."
+            return Fault(f"The response must contain {need} the keywords; missing: {quoted}.")
         return None
 
 
@@ -106,7 +138,11 @@ class Finished(Check):
 
     def __call__(self, prompt, sample):
         if sample.finish_reason == "length":
-            return "The response is cut off mid-way instead of coming to an end."
+            # The fault is the ending that never came: the unfinished last sentence.
+            text = sample.response
+            ends = [e for e in sentence_ends(text) if text[e:].strip()]
+            return Fault("The response is cut off mid-way instead of coming to an end.",
+                         tail(text, ends[-1] if ends else 0, "cut off"))
         return None
 
 
@@ -114,8 +150,10 @@ class NoLists(Check):
     type: Literal["no_lists"] = "no_lists"
 
     def __call__(self, prompt, sample):
-        if _LIST_LINE.search(sample.response):
-            return "The response uses a bulleted or numbered list instead of plain prose."
+        lines = [m for m in re.finditer(r"^.*$", sample.response, re.MULTILINE) if _LIST_LINE.match(m.group())]
+        if lines:
+            return Fault("The response uses a bulleted or numbered list instead of plain prose.",
+                         tuple(Span(start=m.start(), end=m.end(), reason="list line") for m in lines))
         return None
 
 
@@ -138,14 +176,13 @@ class Regex(Check):
         return v
 
     def __call__(self, prompt, sample):
-        found = re.search(self.pattern, sample.response, re.IGNORECASE if self.ignore_case else 0) is not None
-        if found == (self.must == "match"):
+        hits = [m for m in re.finditer(self.pattern, sample.response, re.IGNORECASE if self.ignore_case else 0)]
+        if bool(hits) == (self.must == "match"):
             return None
-        if self.message:
-            return self.message
         if self.must == "match":
-            return f"The response does not contain the required pattern /{self.pattern}/."
-        return f"The response contains the forbidden pattern /{self.pattern}/."
+            return Fault(self.message or f"The response does not contain the required pattern /{self.pattern}/.")
+        spans = tuple(Span(start=m.start(), end=m.end(), reason=f"matches /{self.pattern}/") for m in hits)
+        return Fault(self.message or f"The response contains the forbidden pattern /{self.pattern}/.", spans)
 
 
 class MaxChars(Check):
@@ -157,7 +194,8 @@ class MaxChars(Check):
     def __call__(self, prompt, sample):
         n = len(sample.response)
         if n > self.limit:
-            return f"The response has {n} characters; the limit is {self.limit}."
+            return Fault(f"The response has {n} characters; the limit is {self.limit}.",
+                         tail(sample.response, self.limit, f"past the {self.limit}-character limit"))
         return None
 
 
@@ -168,7 +206,7 @@ class MinChars(Check):
     def __call__(self, prompt, sample):
         n = len(sample.response.strip())
         if n < self.limit:
-            return f"The response has only {n} characters; it needs at least {self.limit}."
+            return Fault(f"The response has only {n} characters; it needs at least {self.limit}.")
         return None
 
 
@@ -177,8 +215,14 @@ class StartsWith(Check):
     prefix: str = Field(min_length=1, description="Text the response must begin with (leading whitespace ignored).")
 
     def __call__(self, prompt, sample):
-        if not sample.response.lstrip().startswith(self.prefix):
-            return f'The response must begin with "{self.prefix}".'
+        text = sample.response
+        if not text.lstrip().startswith(self.prefix):
+            # The wrong opening: the first word (or what stands where the prefix should).
+            start = len(text) - len(text.lstrip())
+            first = _WORD.search(text, start)
+            end = max(first.end() if first else start, min(len(text), start + len(self.prefix)))
+            spans = (Span(start=start, end=end, reason="wrong opening"),) if end > start else ()
+            return Fault(f'The response must begin with "{self.prefix}".', spans)
         return None
 
 
@@ -187,8 +231,12 @@ class EndsWith(Check):
     suffix: str = Field(min_length=1, description="Text the response must end with (trailing whitespace ignored).")
 
     def __call__(self, prompt, sample):
-        if not sample.response.rstrip().endswith(self.suffix):
-            return f'The response must end with "{self.suffix}".'
+        text = sample.response
+        if not text.rstrip().endswith(self.suffix):
+            # It stopped where the suffix should have come: the end-of-turn token (an empty span
+            # at the end of the text).
+            return Fault(f'The response must end with "{self.suffix}".',
+                         (Span(start=len(text), end=len(text), reason="missing ending"),))
         return None
 
 
@@ -201,7 +249,7 @@ class ValidJson(Check):
         try:
             json.loads(sample.response)
         except json.JSONDecodeError as e:
-            return f"The response is not valid JSON ({e.msg} at character {e.pos})."
+            return Fault(f"The response is not valid JSON ({e.msg} at character {e.pos}).")
         return None
 
 
@@ -230,15 +278,17 @@ class RulesJudge:
 
     def judge_one(self, prompt: Prompt, sample: Sample) -> Judgment:
         start = time.perf_counter()
-        problems = [p for c in self.config.checks if (p := c(prompt, sample)) is not None]
-        passed = len(self.config.checks) - len(problems)
+        faults = [f for c in self.config.checks if (f := c(prompt, sample)) is not None]
+        passed = len(self.config.checks) - len(faults)
+        spans = sorted({s for f in faults for s in f.spans}, key=lambda s: (s.start, s.end, s.reason))
         return Judgment(
             sample_id=sample.id,
-            verdict="negative" if problems else "positive",
+            verdict="negative" if faults else "positive",
             score=passed / len(self.config.checks),
-            critique=" ".join(problems) if problems else self.config.pass_critique,
+            critique=" ".join(f.message for f in faults) if faults else self.config.pass_critique,
             judge=self.name,
             latency_s=time.perf_counter() - start,
+            spans=spans or None,
         )
 
     async def judge(self, prompts: Sequence[Prompt], samples: Sequence[Sample]) -> list[Judgment]:

@@ -18,6 +18,7 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
     verdicts = [j.verdict for j in judgments if j.error is None and j.verdict is not None]
     scores = [j.score for j in judgments if j.error is None and j.score is not None]
     errors = sum(j.error is not None for j in judgments)
+    negatives = [j for j in judgments if j.error is None and j.verdict == "negative"]
     latencies = [j.latency_s for j in judgments if j.error is None]
     return {
         "pass_rate": sum(v == "positive" for v in verdicts) / len(verdicts) if verdicts else None,
@@ -27,6 +28,9 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
         "judge_error_rate": errors / max(1, len(judgments)),
         # mean seconds per judgment as the judge reported it (a batch call's time, per sample)
         "judge_latency_s": sum(latencies) / len(latencies) if latencies else None,
+        # where the judge located the faults (CUT's `detection: spans` trains on them)
+        "negatives_with_spans": sum(bool(j.spans) for j in negatives) / len(negatives) if negatives else None,
+        "unlocated_quotes": sum(j.unlocated_quotes for j in judgments),
     }
 
 

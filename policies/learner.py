@@ -22,6 +22,7 @@ from policies.adapter import AdapterPayload
 from policies.model import resolve_model_path, load_model, load_tokenizer, pick_device, render_prompt
 from policies.objectives.base import Example, TrainBatch
 from policies.objectives.registry import build_objective
+from policies.spans import span_token_mask
 
 
 class Learner:
@@ -52,6 +53,7 @@ class Learner:
         self.version = 0
         self._plan: list[list[Example]] = []
         self._old: dict[str, list[float]] = {}  # sample id -> log-probs of the sampling policy
+        self._spans: dict[str, list[float] | None] = {}  # sample id -> per-token span cover
         self._step = 0
         self._log: list[dict] = []
 
@@ -91,7 +93,9 @@ class Learner:
         torch.manual_seed(self.seed * 1_000_003 + iteration)  # LoRA dropout
         rows, self._select_metrics = self.objective.select(examples, rng)
         self._select_metrics.update(sampling_entropy(examples), **advantage_stats(rows))
-        self._old = {}
+        self._old, self._spans = {}, {}
+        if self.objective.needs_spans:
+            self._select_metrics.update(self.map_spans(rows))
         if self.objective.needs_old_logprobs:
             self._old, gap = self.fix_old_logprobs(rows)
             self._select_metrics.update(gap)
@@ -188,7 +192,27 @@ class Learner:
                 batch.ref_logprobs, _ = self.token_logprobs(plain, responses)
         if self.objective.needs_old_logprobs:
             batch.old_logprobs = self.old_logprobs(rows, mask)
+        if self.objective.needs_spans:
+            self.map_spans([e for e in rows if e.sample.id not in self._spans])
+            cover = [self._spans[e.sample.id] for e in rows]
+            batch.span_mask = torch.tensor([[0.0] * (t - len(c or ())) + (c or []) for c in cover],
+                                           device=self.device)  # right-aligned, as the mask
+            batch.has_spans = torch.tensor([float(c is not None) for c in cover], device=self.device)
         return batch
+
+    def map_spans(self, rows: list[Example]) -> dict[str, float]:
+        """Fix, per sample id, which response tokens its judgment's spans cover (None: the
+        judgment gave no spans, or they could not be mapped, which is counted)."""
+        failed = 0
+        for e in rows:
+            spans = e.judgment.spans
+            cover = None
+            if spans:
+                mask = span_token_mask(self.tokenizer, self.response_ids(e), e.sample.response, spans)
+                failed += mask is None
+                cover = None if mask is None else [float(m) for m in mask]
+            self._spans[e.sample.id] = cover
+        return {"span_alignment_failures": failed}
 
     def old_logprobs(self, rows: list[Example], mask: torch.Tensor) -> torch.Tensor:
         """(B, T) log-probs of the sampling policy, as fixed by begin(); rows begin() did not

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Record(BaseModel):
@@ -49,6 +49,23 @@ class Sample(Record):
 Verdict = Literal["positive", "negative"]
 
 
+class Span(Record):
+    """Where a judgment puts a fault: characters [start, end) of the response, and why.
+
+    An empty span (start == end) points at the token there; at the end of the text that is
+    the end-of-turn token ("it stopped where it should not have")."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Span":
+        if self.end < self.start:
+            raise ValueError(f"span end {self.end} is before its start {self.start}")
+        return self
+
+
 class Judgment(Record):
     """What a judge says about one sample. None in a field means "no signal", never a default:
     a failed judge call has `error` set and no verdict or score."""
@@ -60,6 +77,11 @@ class Judgment(Record):
     judge: str
     latency_s: float = 0.0
     error: str | None = None
+    # Where the faults are (None: the judge gave no location), and how many quotes an LLM
+    # judge gave that could not be found in the response (they are counted, never dropped
+    # silently). Records written before these fields existed load with the defaults.
+    spans: list[Span] | None = None
+    unlocated_quotes: int = 0
 
     @property
     def has_signal(self) -> bool:

@@ -36,6 +36,8 @@ class TrainBatch:
     values[name]   (B,)   the per-row numbers from Example.values
     ref_logprobs   (B, T) under the reference policy (adapter disabled), when needs_reference
     old_logprobs   (B, T) under the policy that sampled, when needs_old_logprobs
+    span_mask      (B, T) 1.0 on tokens a judged span covers, when needs_spans
+    has_spans      (B,)   1.0 where the row's judgment gave spans that map onto its tokens
     """
 
     logprobs: dict[str, torch.Tensor]
@@ -43,6 +45,8 @@ class TrainBatch:
     values: dict[str, torch.Tensor]
     ref_logprobs: torch.Tensor | None = None
     old_logprobs: torch.Tensor | None = None
+    span_mask: torch.Tensor | None = None
+    has_spans: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -53,6 +57,7 @@ class Objective:
     contexts: ClassVar[tuple[str, ...]] = ("plain",)
     needs_reference: ClassVar[bool] = False
     needs_old_logprobs: ClassVar[bool] = False
+    needs_spans: ClassVar[bool] = False  # map judgment spans onto the response tokens
     # Rows move in units of this many (2 for a chosen/rejected pair), so a minibatch never
     # splits a unit.
     unit: ClassVar[int] = 1

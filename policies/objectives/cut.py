@@ -4,7 +4,8 @@ official code does it (METHODS.md §1).
 For a negative response y with judgment j:
   Align-N:   NLL of y under [x, j]                (the judgment "explains" y)
   Misalign:  y under the plain prompt x; token t is inappropriate when
-             p(y_t | x, j) / p(y_t | x) > lambda  (ratio detached)
+             p(y_t | x, j) / p(y_t | x) > lambda  (ratio detached; `detection: ratio`),
+             or when a span the judge marked covers it (`spans`; `auto`: spans where given)
              inappropriate -> -alpha * log(1 - p(y_t | x) + 1e-5)   (unlikelihood)
              otherwise     -> -log p(y_t | x)                          (likelihood)
   L_N = 1/2 * (Align-N mean NLL + Misalign mean over tokens)
@@ -33,16 +34,45 @@ def judgment_messages(example: Example, template: str, judgment: str) -> list[Me
 
 
 def inappropriate_tokens(batch: TrainBatch, options: CUTOptions) -> torch.Tensor:
-    """(B, T) 1.0 where a negative's token is one its judgment explains:
-    p(y_t | x, j) / p(y_t | x) > lambda, compared without gradient. With token_detection off
-    (the paper's ablation) every token of a negative counts."""
+    """(B, T) 1.0 where a negative's token is one its judgment blames. `detection` says how:
+    ratio  p(y_t | x, j) / p(y_t | x) > lambda, compared without gradient (the paper's);
+    spans  the token lies in a span the judge marked (batch.span_mask);
+    auto   spans for rows whose judgment has them, the ratio for the others.
+    With token_detection off (the paper's ablation) every token of a negative counts."""
     mask, neg = batch.mask, batch.values["negative"]  # (B, T), (B,)
-    if options.token_detection:
-        ratio = (batch.logprobs["judged"] - batch.logprobs["plain"]).detach().exp()
-        detected = (ratio > options.threshold).float()
+    if not options.token_detection:
+        return mask * neg[:, None]
+    by_ratio = ((batch.logprobs["judged"] - batch.logprobs["plain"]).detach().exp() > options.threshold).float()
+    if options.detection == "ratio":
+        detected = by_ratio
     else:
-        detected = torch.ones_like(mask)
+        by_spans = batch.span_mask if batch.span_mask is not None else torch.zeros_like(mask)
+        with_spans = batch.has_spans if batch.has_spans is not None else torch.zeros_like(neg)
+        use_ratio = (1 - with_spans) if options.detection == "auto" else torch.zeros_like(neg)
+        detected = by_spans * with_spans[:, None] + by_ratio * use_ratio[:, None]
     return detected * mask * neg[:, None]
+
+
+def detection_metrics(batch: TrainBatch, inappropriate: torch.Tensor, options: CUTOptions) -> dict[str, float]:
+    """Which source decided detection and how much it marked; where spans exist, how the
+    paper's ratio agrees with them (its precision and recall against the judged spans)."""
+    mask, neg = batch.mask, batch.values["negative"]
+    if batch.has_spans is None:
+        return {}
+    spans_rows = neg * batch.has_spans  # (B,)
+    out = {"negatives_with_spans": (spans_rows.sum() / neg.sum().clamp(min=1)).item()}
+    for source, rows in (("spans", spans_rows), ("ratio", neg * (1 - batch.has_spans))):
+        tokens = mask * rows[:, None]
+        if tokens.sum() > 0:
+            out[f"detected_fraction_{source}"] = ((inappropriate * tokens).sum() / tokens.sum()).item()
+    tokens = mask * spans_rows[:, None]
+    if tokens.sum() > 0:
+        by_ratio = ((batch.logprobs["judged"] - batch.logprobs["plain"]).detach().exp() > options.threshold).float()
+        truth = batch.span_mask * tokens
+        hit = (by_ratio * truth).sum()
+        out["ratio_precision_vs_spans"] = (hit / (by_ratio * tokens).sum().clamp(min=1)).item()
+        out["ratio_recall_vs_spans"] = (hit / truth.sum().clamp(min=1)).item()
+    return out
 
 
 def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,11 +96,13 @@ def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict
         "unlikelihood_part": ((unlikelihood * inappropriate).sum() / neg_tokens.clamp(min=1)).item(),
         "likelihood_part": (-(lp_plain * mask * (1 - inappropriate)).sum() / mask.sum().clamp(min=1)).item(),
         "align_n_nll": (align_n * neg).sum().item() / max(1.0, neg.sum().item()),
+        **detection_metrics(batch, inappropriate, options),
     }
 
 
 class CUT(Objective):
     contexts = ("plain", "judged")
+    needs_spans = True
 
     def select(self, examples: list[Example], rng: np.random.Generator):
         negatives = [e for e in examples if e.judgment.verdict == "negative" and e.judgment.critique]

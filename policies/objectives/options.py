@@ -49,6 +49,11 @@ class CUTOptions(ObjectiveOptions):
     dynamic_gamma: float | None = Field(
         None, gt=0, description="Paper's dynamic weight alpha * p(y_t|x,j)^gamma (None: off, as the official code)."
     )
+    detection: Literal["ratio", "spans", "auto"] = Field(
+        "auto",
+        description="Which tokens of a negative get unlikelihood. ratio: the paper's p(y_t|x,j)/p(y_t|x) > lambda; "
+        "spans: those a judged span covers (none when the judgment gave no spans); auto: spans where given, else ratio.",
+    )
     token_detection: bool = Field(
         True, description="False: unlikelihood on every token of a negative (the paper's ablation; it fails)."
     )

@@ -163,3 +163,37 @@ def test_learner_runs_both_contexts_of_negatives_in_one_forward_pass(tiny_model)
     loss, m = learner.objective.loss(b)
     loss.backward()
     assert torch.isfinite(loss) and 0 <= m["detected_fraction"] <= 1
+
+
+def test_learner_maps_judged_spans_onto_the_sampled_tokens(tiny_model):
+    """The batch's span mask is right-aligned like the response mask, covers exactly the
+    tokens of the judged words, and a row whose spans cannot be mapped is counted."""
+    from loop.config import validate_config
+    from policies.learner import Learner
+    from records import Span
+
+    cfg = validate_config({
+        "name": "t", "data": {"path": "x"},
+        "model": {"path": str(tiny_model), "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}},
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        "learner": {"objective": {"type": "cut", "downsample": None, "detection": "spans"}, "threads": 1,
+                    "minibatch_size": 4, "micro_batch_size": 4},
+    })
+    learner = Learner(cfg.model, cfg.learner)
+    tok = learner.tokenizer
+    texts = ["the cat sat on the mat", "a dog ran", "the sun"]
+    rows = examples(["negative"] * 3)
+    for k, (e, text) in enumerate(zip(rows, texts)):
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        spans = [Span(start=4, end=7)] if k == 0 else [Span(start=0, end=1)] if k == 2 else None
+        e.sample = e.sample.model_copy(update={"response": text, "token_ids": ids})
+        e.judgment = e.judgment.model_copy(update={"spans": spans})
+    rows[2].sample = rows[2].sample.model_copy(update={"response": "the moon"})  # ids no longer decode to it
+    rows, _ = learner.objective.select(rows, np.random.default_rng(0))
+    assert learner.map_spans(rows) == {"span_alignment_failures": 1}
+    b = learner.batch(rows)
+    t = b.mask.shape[1]
+    assert b.span_mask[0].tolist() == [0.0] * (t - 7) + [0, 1, 0, 0, 0, 0, 0]  # "cat" of the 6 words + <eot>
+    assert b.has_spans.tolist() == [1.0, 0.0, 0.0] and not b.span_mask[1:].any()
+    loss, m = learner.objective.loss(b)
+    assert m["detected_fraction"] == pytest.approx(1 / (7 + 4 + 3))

@@ -146,7 +146,7 @@ def test_structured_output_request_and_switch(server):
     run(OpenAIJudge(config(server, response_format="text")), ["good"])
     schema, text = server.bodies
     assert schema["response_format"]["type"] == "json_schema" and schema["model"] == "judge-model"
-    assert schema["response_format"]["json_schema"]["schema"]["required"] == ["critique", "verdict", "score"]
+    assert schema["response_format"]["json_schema"]["schema"]["required"] == ["critique", "quotes", "verdict", "score"]
     assert "response_format" not in text
 
 
