@@ -112,6 +112,10 @@ class MlflowTracker:
         self.mlflow = mlflow
         # A local SQLite store: MLflow 3 keeps its plain-file store in maintenance mode only.
         mlflow.set_tracking_uri(opts.tracking_uri or f"sqlite:///{(log_dir / 'mlflow.db').resolve()}")
+        if opts.tracking_uri is None and mlflow.get_experiment_by_name(opts.experiment) is None:
+            # Artifacts beside the store, in the run's directory: by default MLflow puts them
+            # in ./mlruns of whatever directory the run was started from.
+            mlflow.create_experiment(opts.experiment, artifact_location=(log_dir / "mlartifacts").resolve().as_uri())
         mlflow.set_experiment(opts.experiment)
         found = mlflow.search_runs(filter_string=f"tags.alignloop_run = '{run_name}'", output_format="list")
         self.run = mlflow.start_run(run_id=found[0].info.run_id) if found else \

@@ -93,6 +93,8 @@ def test_wandb_offline_and_mlflow_continue_one_run_across_a_resume(tmp_path, tin
     assert [(m.step, m.value) for m in history] == [(m["iteration"], pytest.approx(m["pass_rate"])) for m in metrics]
     artifacts = mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "samples")
     assert [a.path for a in artifacts] == [f"samples/iter-{i:04d}.json" for i in (1, 2, 3)]
+    # inside the run directory, not in ./mlruns of wherever the run was started
+    assert sorted(p.name for p in (track / "mlartifacts").rglob("iter-*.json")) == [f"iter-{i:04d}.json" for i in (1, 2, 3)]
 
     # W&B offline: each process writes its own offline directory for the same run id, which
     # `wandb sync` merges; the resumed process logged only the iteration the first had not.
