@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from judges.cache import JudgmentCache, cache_key, default_cache_path
-from judges.prompting import JUDGMENT_SCHEMA, Parsed, PromptOptions, Unparseable, parse_judgment, render_messages
+from judges.prompting import (JUDGMENT_SCHEMA, Parsed, PromptOptions, Truncated, Unparseable, parse_judgment,
+                              render_messages)
 from records import Judgment, Prompt, Sample
 from records.errors import ConfigError
 from records.secrets import env_secret, looks_like_a_key, mask_secrets
@@ -182,7 +183,7 @@ class OpenAIJudge:
             try:
                 return parse_judgment(await self.call(messages), self.config.prompt.score_range)
             except Unparseable as e:
-                if attempt == tries - 1 or "cut off at max_tokens" in str(e):
+                if attempt == tries - 1 or isinstance(e, Truncated):
                     raise
                 self.counts.unparseable_retries += 1
         raise AssertionError("unreachable")
@@ -268,7 +269,7 @@ def reply_text(response, max_tokens: int | None = None) -> str:
         raise Unparseable("the response has no choices")
     if getattr(choices[0], "finish_reason", None) == "length":
         # Said as what it is, not as "no JSON object": the fix is the user's setting.
-        raise Unparseable(f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; "
+        raise Truncated(f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; "
                           "raise judge.max_tokens")
     text = choices[0].message.content
     if not text:

@@ -141,6 +141,10 @@ class Unparseable(ValueError):
     """The judge replied, but not with a judgment we can read: an error, never a verdict."""
 
 
+class Truncated(Unparseable):
+    """The reply was cut off at the token limit: asking again under the same limit repeats it."""
+
+
 @dataclass(frozen=True)
 class Parsed:
     verdict: Verdict

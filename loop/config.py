@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judges import JudgeConfig
-from records.errors import ConfigError  # noqa: F401 - part of loop.config's API
+from records.errors import ConfigError, read_utf8  # noqa: F401 - ConfigError is part of loop.config's API
 from records.secrets import env_secret, mask_secrets  # noqa: F401
 from policies.objectives.options import ObjectiveConfig, SFTOptions
 from policies.vllm_engine import VLLMSamplerOptions
@@ -252,16 +252,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))
-
-
-def read_utf8(path: Path) -> str:
-    """The file's text; a file that is not UTF-8 is a ConfigError naming the line and byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as UTF-8") from None
 
 
 def validate_config(raw: dict, source: str = "config") -> RunConfig:

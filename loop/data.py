@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from records import Message, Prompt
+from records.errors import read_utf8
 
 
 class DataError(Exception):
@@ -175,12 +176,7 @@ def _read_parquet(path: Path):
 
 def utf8_lines(path: Path) -> list[str]:
     """The file's lines; a file that is not UTF-8 is a DataError naming the line and byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    return read_utf8(path, DataError).splitlines()
 
 
 def row_to_prompt(row: Any, default_id: str, where: str) -> Prompt:

@@ -14,17 +14,23 @@ cut     Xu et al. 2023 (METHODS.md §1), scripts/repro_cut.py + repro_cut_task.p
 
 --smoke shrinks every size (a few steps, one round) to test the plumbing in seconds; its
 numbers mean nothing and its checks may fail.
+
+--readme README.md writes what it printed (tables and checks) into the README between the
+`<!-- reproduce:begin -->` and `<!-- reproduce:end -->` lines, so the README's tables are
+always the script's own output and cannot drift from the code (full runs of both suites only).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t}
+MARKERS = re.compile(r"(<!-- reproduce:begin -->\n).*?(<!-- reproduce:end -->)", re.DOTALL)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,7 +39,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every check must hold for each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the fastest on a shared 2-core machine)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: tests the plumbing, not the findings")
+    parser.add_argument("--readme", type=Path, help="write the report into this README between the reproduce markers")
     args = parser.parse_args(argv)
+    if args.readme and (args.smoke or args.only):
+        parser.error("--readme takes the full report: drop --smoke and --only")
+    if args.readme and not MARKERS.search(args.readme.read_text(encoding="utf-8")):
+        parser.error(f"{args.readme} has no '<!-- reproduce:begin -->' ... '<!-- reproduce:end -->' block to fill")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -63,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load buries the tables
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    start, failed = time.perf_counter(), 0
+    start, failed, printed = time.perf_counter(), 0, []
     if args.only in (None, "bandit"):
         import repro_bandit
 
         sizes = dict(steps=5, groups=2) if args.smoke else {}
-        failed += report("bandit", *repro_bandit.run(args.seeds, **sizes))
+        failed += report("bandit", *repro_bandit.run(args.seeds, **sizes), printed)
     if args.only in (None, "cut"):
         import repro_cut
 
@@ -76,16 +87,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             s = repro_cut.Settings(rounds=1, prompts=4, k=2, eval_prompts=4, pretrain_steps=4, easy_steps=2)
         with tempfile.TemporaryDirectory(prefix="alignloop-repro-") as tmp:
-            failed += report("cut", *repro_cut.run(args.seeds, s, Path(tmp), log=lambda m: print(m, flush=True)))
-    print(f"\nwall time: {time.perf_counter() - start:.0f} s ({args.threads} torch thread(s))")
+            failed += report("cut", *repro_cut.run(args.seeds, s, Path(tmp), log=lambda m: print(m, flush=True)),
+                             printed)
+    wall = f"wall time: {time.perf_counter() - start:.0f} s ({args.threads} torch thread(s))"
+    print(f"\n{wall}")
     print("ALL CHECKS PASS" if not failed else f"{failed} CHECK(S) FAILED")
+    if args.readme:
+        block = "\n\n".join(printed) + f"\n\nSeeds {args.seeds}; {wall}, {'all checks pass' if not failed else f'{failed} check(s) FAILED'}.\n"
+        write_readme(args.readme, block)
+        print(f"wrote the report into {args.readme}")
     return 1 if failed else 0
 
 
-def report(suite: str, text: str, checks: list[tuple]) -> int:
+def write_readme(path: Path, block: str) -> None:
+    """Replace what stands between the reproduce markers of `path` with `block`."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(MARKERS.sub(lambda m: m.group(1) + block + m.group(2), text), encoding="utf-8")
+
+
+def report(suite: str, text: str, checks: list[tuple], printed: list[str]) -> int:
     lines, failed = check_lines(checks)
-    print(f"\n{text}\n\n#### Checks: {suite}\n")
-    print("\n".join(lines), flush=True)
+    section = f"{text}\n\n#### Checks: {suite}\n\n" + "\n".join(lines)
+    print(f"\n{section}", flush=True)
+    printed.append(section)
     return failed
 
 

@@ -23,11 +23,11 @@ def test_smoke_run_prints_tables_and_a_line_per_check(capsys):
     rc = load().main(["--smoke", "--seeds", "0"])
     out = capsys.readouterr().out
     assert rc in (0, 1)  # 1 when a check fails, which the smoke sizes allow
-    assert "### Bandit" in out and "### CUT, hard regime" in out and "easy regime" in out
-    for method in ("CUT", "filtered SFT", "Hindsight", "CUT without token detection"):
+    assert "### Bandit" in out and "### CUT, hard regime" in out and "medium regime" in out and "easy regime" in out
+    for method in ("CUT", "CUT with judged spans", "filtered SFT", "Hindsight", "CUT without token detection"):
         assert f"| {method} |" in out
     checks = re.findall(r"^\| (PASS|FAIL) \| .+ \| -?\d+\.\d{3} \| (?:>=|<=|>) -?[\d.]+ \|$", out, re.MULTILINE)
-    assert len(checks) == 14 + 7  # bandit + CUT
+    assert len(checks) == 14 + 16  # bandit + CUT (hard regime 10, medium 6)
     assert ("ALL CHECKS PASS" in out) == (rc == 0)
     assert re.search(r"wall time: \d+ s", out)
 
@@ -44,3 +44,25 @@ def test_bad_seeds_are_refused_before_anything_runs(capsys):
     with pytest.raises(SystemExit) as e:
         load().main(["--seeds", "zero"])
     assert e.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+def test_readme_block_is_the_report(tmp_path, capsys):
+    """--readme replaces exactly the marked block; a README without one is refused."""
+    import pytest
+
+    module = load()
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- reproduce:begin -->\nold tables\n<!-- reproduce:end -->\nafter\n")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--smoke", "--readme", str(readme)])
+    assert e.value.code == 2 and "drop --smoke" in capsys.readouterr().err
+    (tmp_path / "other.md").write_text("no block\n")
+    with pytest.raises(SystemExit):
+        module.main(["--readme", str(tmp_path / "other.md")])
+    assert "reproduce:begin" in capsys.readouterr().err
+    printed = []
+    module.report("demo", "### Demo", [("a", 1.0, ">=", 0.5)], printed)
+    module.write_readme(readme, printed[0] + "\n")
+    assert readme.read_text() == ("intro\n<!-- reproduce:begin -->\n### Demo\n\n#### Checks: demo\n\n"
+                                  "| result | check | measured | threshold |\n|---|---|---|---|\n"
+                                  "| PASS | a | 1.000 | >= 0.5 |\n<!-- reproduce:end -->\nafter\n")
