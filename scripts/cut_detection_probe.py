@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 
 import numpy as np
 import torch
@@ -64,19 +63,15 @@ def main() -> None:
 @torch.no_grad()
 def ratios(learner: Learner, negatives: list[Example], words: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per response token of the negatives: the detection ratio, split by whether the token is
-    one of the banned words the judgment names."""
-    pattern = re.compile(r"(" + "|".join(map(re.escape, words)) + r")", re.IGNORECASE)
+    part of a banned word the judgment names (the rule judge's spans of those words, mapped
+    onto the sampled tokens as `detection: spans` maps them)."""
     named, other = [], []
     for s in range(0, len(negatives), 4):
-        chunk = negatives[s : s + 4]
-        batch = learner.batch(chunk)
+        batch = learner.batch(negatives[s : s + 4])
         ratio = (batch.logprobs["judged"] - batch.logprobs["plain"]).exp()  # (B, T)
-        t = batch.mask.shape[1]
-        for r, e in enumerate(chunk):
-            ids = e.sample.token_ids
-            for k, tid in enumerate(ids):
-                token = learner.tokenizer.decode([tid]).strip()
-                (named if token and pattern.fullmatch(token) else other).append(ratio[r, t - len(ids) + k].item())
+        on = batch.mask.bool()
+        named += ratio[on & batch.span_mask.bool()].tolist()
+        other += ratio[on & ~batch.span_mask.bool()].tolist()
     return np.array(named), np.array(other)
 
 
