@@ -28,20 +28,26 @@ def start_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        # No job-level runtime_env here: under `ray job submit` the job has its own (working
+        # dir, env vars); what alignloop needs goes on its actors (ACTOR_ENV), which Ray merges
+        # into the job's rather than replacing it.
+        ray.init(address=address, log_to_driver=True)
         return
     local_only()
     ray.init(
         num_cpus=cfg.num_cpus or os.cpu_count(),
         include_dashboard=cfg.dashboard,
         dashboard_host="127.0.0.1",
-        runtime_env=env,
         log_to_driver=True,
         configure_logging=True,
         logging_level="WARNING",
     )
+
+
+# Set on every actor; Ray merges an actor's env_vars into the job's (a submitted job's own
+# variables stay). Secrets are never put here: judges read their key on the node they run on.
+ACTOR_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
 
 
 def local_only() -> None:
@@ -164,7 +170,8 @@ class Actors:
         self.placement_groups = [group for _, group in placed if group is not None]
         self.samplers = SamplerPool([sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed])
         self.judges = start_judges(cfg.judge, cfg.judging)
-        learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
+        learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus,
+                                                  resources=cfg.learner.resources or None, runtime_env=ACTOR_ENV)
         self.learner = LearnerHandle(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
     def describe(self) -> str:
@@ -179,6 +186,20 @@ class Actors:
         raised surfaces here, before any step runs."""
         ray.get([h.__ray_ready__.remote() for h in [*self.samplers.handles, *self.judges.handles, self.learner.handle]])
 
+    def placement(self) -> dict:
+        """The Ray node id each actor runs on, per group, asked of the actors themselves."""
+        def node_of(handle):
+            return handle.__ray_call__.remote(lambda actor: ray.get_runtime_context().get_node_id())
+
+        groups = {"samplers": self.samplers.handles, "judges": self.judges.handles, "learner": [self.learner.handle]}
+        refs = {group: [node_of(h) for h in handles] for group, handles in groups.items()}
+        nodes = {n["NodeID"]: n for n in ray.nodes()}
+        out = {group: ray.get(r) for group, r in refs.items()}
+        # each node's custom resources, so a line says which node is which
+        out["nodes"] = {nid: sorted(k for k in nodes[nid]["Resources"] if not is_builtin_resource(k))
+                        for nid in sorted({n for ids in out.values() for n in ids}) if nid in nodes}
+        return out
+
     def add_judges(self, judge_cfg) -> "JudgePool":
         """Judge actors of another judge config (an eval's own), shut down with the rest."""
         pool = start_judges(judge_cfg, self.cfg.judging)
@@ -192,6 +213,10 @@ class Actors:
             ray.kill(handle)
         for group in self.placement_groups:
             remove_placement_group(group)
+
+
+def is_builtin_resource(name: str) -> bool:
+    return name in ("CPU", "GPU", "memory", "object_store_memory") or name.startswith("node:")
 
 
 class LocalActors:
@@ -209,13 +234,17 @@ class LocalActors:
                                 cfg.judging.in_flight, judge_name(cfg.judge))
         self.learner = LearnerHandle(LocalHandle(Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed)), calls)
 
+    def placement(self) -> dict:
+        return {}  # one process: nothing to place
+
     def shutdown(self) -> None:
         self.samplers.close()
 
 
 def start_judges(judge_cfg, judging) -> "JudgePool":
     """JudgeWorker actors for one judge config (the run's, or an evaluation's own)."""
-    judge_cls = ray.remote(JudgeWorker).options(num_cpus=judging.num_cpus, num_gpus=judging.num_gpus, max_restarts=1)
+    judge_cls = ray.remote(JudgeWorker).options(num_cpus=judging.num_cpus, num_gpus=judging.num_gpus, max_restarts=1,
+                                                resources=judging.resources or None, runtime_env=ACTOR_ENV)
     return JudgePool([judge_cls.remote(judge_cfg) for _ in range(judging.actors)], judging.in_flight, judge_name(judge_cfg))
 
 
@@ -233,8 +262,9 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
     in each bundle."""
     tp = sampler.engine.tensor_parallel_size
     if tp == 1:
-        return dict(num_cpus=sampler.num_cpus, num_gpus=sampler.num_gpus, max_restarts=1), None
-    first = {"GPU": 1, **({"CPU": sampler.num_cpus} if sampler.num_cpus else {})}
+        return dict(num_cpus=sampler.num_cpus, num_gpus=sampler.num_gpus, max_restarts=1,
+                    resources=sampler.resources or None, runtime_env=ACTOR_ENV), None
+    first = {"GPU": 1, **({"CPU": sampler.num_cpus} if sampler.num_cpus else {}), **sampler.resources}
     group = placement_group([first] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
     try:
         ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
@@ -247,7 +277,8 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
     strategy = PlacementGroupSchedulingStrategy(
         placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
     )
-    return dict(num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy), group
+    return dict(num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy,
+                runtime_env=ACTOR_ENV), group
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judges import JudgeConfig
 from records.errors import ConfigError, read_utf8  # noqa: F401 - ConfigError is part of loop.config's API
@@ -24,6 +24,24 @@ from policies.vllm_engine import VLLMSamplerOptions
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    for name, amount in value.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{name!r} is not a custom resource; set num_cpus / num_gpus instead")
+        if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+            raise ValueError(f"resource name {name!r}: use letters, digits and _ . : / - (e.g. node_b)")
+        if not amount > 0:
+            raise ValueError(f"resource {name!r}: the amount must be > 0, got {amount}")
+    return value
+
+
+# Custom Ray resources an actor needs, e.g. {node_b: 1}: it then runs only on a node started
+# with that resource (`ray start --resources '{"node_b": 4}'`), which is how a config places
+# actor groups on nodes.
+Resources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
+RESOURCES_HELP = "Custom Ray resources per actor, e.g. {node_b: 1}: it runs only on nodes started with them."
 
 
 class LoraOptions(Strict):
@@ -67,6 +85,7 @@ class SamplerConfig(Strict):
     batch_size: int = Field(16, gt=0, description="Prompts per generate call (each has k responses).")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per sampler actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per sampler actor.")
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; phases never overlap).")
     vllm: VLLMSamplerOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
 
@@ -96,6 +115,7 @@ class JudgingConfig(Strict):
     actors: int = Field(1, gt=0, description="Judge actors; samples are split between them.")
     num_cpus: float = Field(0, ge=0, description="CPUs reserved per judge actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per judge actor.")
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     chunk_size: int = Field(64, gt=0, description="Samples per judge call.")
     in_flight: int = Field(2, gt=0, description="Chunks outstanding per judge actor at once (back-pressure).")
     max_error_rate: float = Field(
@@ -118,6 +138,7 @@ class LearnerConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learner trains.")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner actor.")
+    resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
     threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; phases never overlap).")
 
     @model_validator(mode="after")

@@ -223,6 +223,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[d
     with DirLock(cfg.resolved_run_dir, "run directory"):
         store = prepare_run_dir(cfg, resume, overwrite)  # checked again: now no one else writes
         with started_actors(cfg) as actors, opened(Tracking(cfg, store)) as tracking:
+            store.log_placement(actors.placement())
             return Cycle(cfg, store, actors, prompts, tracking).run()
 
 
@@ -246,6 +247,16 @@ def opened(tracking: Tracking):
         tracking.close()
 
 
+def placement_line(placement: dict) -> str:
+    """"placed on 2 node(s): samplers on 1a2b3c4d (node_b), ..." """
+    def name(nid: str) -> str:
+        extra = ", ".join(placement["nodes"].get(nid, []))
+        return f"{nid[:8]}" + (f" ({extra})" if extra else "")
+
+    groups = [f"{g} on {', '.join(name(n) for n in placement[g])}" for g in ("samplers", "judges", "learner")]
+    return f"placed on {len(placement['nodes'])} node(s): " + "; ".join(groups)
+
+
 @contextmanager
 def started_actors(cfg: RunConfig):
     """Ray (local or attached) and the run's actors, shut down on exit."""
@@ -258,6 +269,8 @@ def started_actors(cfg: RunConfig):
         print(f"starting Ray and {actors.describe()}", flush=True)
         actors.wait_ready()
         print(f"actors ready in {time.perf_counter() - start:.0f} s", flush=True)
+        if attached(cfg):
+            print(placement_line(actors.placement()), flush=True)
         if cfg.round.eval and cfg.round.eval.judge:
             actors.eval_judges = actors.add_judges(cfg.round.eval.judge)
         yield actors

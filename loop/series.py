@@ -223,6 +223,7 @@ class Round:
         prompts = load_data(self.cfg.data)
         tracking = Tracking(self.cfg, store, base=self.entry.base)
         with started_actors(self.cfg) as actors, opened(tracking):
+            store.log_placement(actors.placement())
             cycle = Cycle(self.cfg, store, actors, prompts, tracking)
             cycle.restore()
             gate = self.cfg.round.eval

@@ -4,6 +4,7 @@
     runs/<name>/state.json       last finished step (the single source of truth for resume)
     runs/<name>/iter-0001/       samples.jsonl judgments.jsonl metrics.json adapter/ learner_state.pt
     runs/<name>/metrics.jsonl    one line per finished iteration, rebuilt from iter-*/metrics.json
+    runs/<name>/placement.jsonl  one line per start: the Ray node each actor runs on
 
 Every file is written to a temporary name and renamed into place, so a SIGKILL leaves either
 the old file or the new one, never half of one. state.json is written last, after the
@@ -18,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, TypeVar
@@ -117,6 +119,14 @@ class RunStore:
 
     def iter_dir(self, iteration: int) -> Path:
         return self.root / f"iter-{iteration:04d}"
+
+    def log_placement(self, placement: dict) -> None:
+        """Append where this start's actors run (node ids per group); a resumed run may be
+        placed differently, so every start gets its line."""
+        if placement:
+            line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **placement}, sort_keys=True)
+            with open(self.root / "placement.jsonl", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
     # per-iteration artifacts ---------------------------------------------------------------
     def save_samples(self, i: int, prompts: list[Prompt], samples: list[Sample]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.actors import sampler_placement
+from loop.actors import ACTOR_ENV, sampler_placement
 from loop.config import validate_config
 
 pytestmark = pytest.mark.integration
@@ -20,8 +20,9 @@ def sampler(**over):
 
 
 def test_single_device_engine_is_a_plain_actor():
-    options, group = sampler_placement(sampler(num_gpus=1))
-    assert group is None and options == {"num_cpus": 0.5, "num_gpus": 1, "max_restarts": 1}
+    options, group = sampler_placement(sampler(num_gpus=1, resources={"sampler_node": 1}))
+    assert group is None and options == {"num_cpus": 0.5, "num_gpus": 1, "max_restarts": 1,
+                                         "resources": {"sampler_node": 1}, "runtime_env": ACTOR_ENV}
 
 
 def test_tensor_parallel_engine_gets_a_packed_group_that_its_actor_sees():
