@@ -154,6 +154,8 @@ def _chunk_error(chunk: tuple, judge_name: str, error: str) -> list[Judgment]:
 
 # How long a tensor-parallel sampler waits for its GPUs before the run gives up.
 PLACEMENT_TIMEOUT_S = 300
+# How long a restarting sampler (its constructor loads the model again) may take to answer.
+RESTART_TIMEOUT_S = 300
 
 
 class Actors:
@@ -287,17 +289,37 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
 # ---------------------------------------------------------------------------------------------
 
 
+class ActorLost(RuntimeError):
+    """An actor died (killed, out of memory, its node gone) and the run cannot go on without
+    it; everything finished is saved, and --resume continues. `restarting`: Ray is bringing
+    the actor back (it may answer again shortly)."""
+
+    def __init__(self, message: str, restarting: bool = False):
+        super().__init__(message)
+        self.restarting = restarting
+
+
+def _lost(e: Exception) -> ActorLost:
+    return ActorLost(_actor_error(e), restarting=isinstance(e, ray.exceptions.ActorUnavailableError))
+
+
 class RayCalls:
     def get(self, futures):
-        return ray.get(futures)
+        try:
+            return ray.get(futures)
+        except ray.exceptions.RayActorError as e:
+            raise _lost(e) from None
 
-    def each_done(self, futures: list):
-        """(index, result) as each future finishes."""
-        index = {ref: i for i, ref in enumerate(futures)}
-        pending = list(futures)
+    def each_settled(self, futures: dict):
+        """(key, result), or (key, ActorLost) for a call whose actor died, as each finishes."""
+        index = {ref: key for key, ref in futures.items()}
+        pending = list(index)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield index[done[0]], ray.get(done[0])
+            try:
+                yield index[done[0]], ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                yield index[done[0]], _lost(e)
 
 
 class Done:
@@ -312,9 +334,9 @@ class LocalCalls:
     def get(self, futures):
         return [f.value for f in futures] if isinstance(futures, list) else futures.value
 
-    def each_done(self, futures: list):
-        for i, f in enumerate(futures):
-            yield i, f.value
+    def each_settled(self, futures: dict):
+        for key, f in futures.items():
+            yield key, f.value
 
 
 class LocalHandle:
@@ -351,31 +373,80 @@ class SamplerPool:
 
     def __init__(self, handles: list, calls: Calls | None = None):
         self.handles, self.calls = handles, calls or RayCalls()
+        self.adapter: Exported | None = None  # what every replica must serve (set by publish/ensure)
+        self.live = list(range(len(handles)))
 
     def generate(self, chunks: list[tuple], on_done: Callable[[int], None] = lambda i: None) -> list[list[Sample]]:
-        """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i)` as each finishes."""
-        futures = [self.handles[i % len(self.handles)].generate.remote(*c) for i, c in enumerate(chunks)]
-        results: list = [None] * len(futures)
-        for i, result in self.calls.each_done(futures):
-            results[i] = result
-            on_done(i)
+        """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i)` as each finishes.
+
+        A replica that dies mid-chunk is restarted by Ray (max_restarts): it gets the current
+        adapter again (version and checksum verified) and its chunk is sampled again, on it or,
+        if it is gone for good, on another replica. Chunks are seeded by their own content, so
+        the retried chunk gives the same samples. A chunk is retried once."""
+        results: list = [None] * len(chunks)
+        todo = {i: self.live[i % len(self.live)] for i in range(len(chunks))}
+        retried: set[int] = set()
+        while todo:
+            futures = {i: self.handles[k].generate.remote(*chunks[i]) for i, k in todo.items()}
+            replica, todo = dict(todo), {}
+            for i, result in self.calls.each_settled(futures):
+                if not isinstance(result, ActorLost):
+                    results[i] = result
+                    on_done(i)
+                    continue
+                if i in retried:
+                    raise ActorLost(f"sampler {replica[i]} died twice on the same chunk ({result}); run the same "
+                                    "command with --resume to continue") from None
+                retried.add(i)
+                todo[i] = self.recover(replica[i], result)
         return results
 
+    def recover(self, k: int, error: ActorLost) -> int:
+        """The replica to retry a chunk of dead replica k on: k itself once Ray has restarted
+        it and it serves the current adapter again, else another live one."""
+        if self.adapter is None:
+            raise ActorLost(f"sampler {k} died ({error}) before any adapter was published to it")
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while k in self.live:
+            try:
+                self._check([tuple(self.calls.get(self.handles[k].load_adapter.remote(self.adapter.ref)))],
+                            self.adapter.payload)
+                print(f"sampler {k} died ({error}); restarted, serving adapter v{self.adapter.payload.version} "
+                      "again, retrying its chunk", flush=True)
+                return k
+            except ActorLost as e:
+                if not e.restarting or time.monotonic() > deadline:
+                    self.live.remove(k)  # out of restarts (or never back): the others take its share
+                else:
+                    time.sleep(0.5)  # Ray is restarting it; calls fail fast until it is back
+        if not self.live:
+            raise ActorLost(f"every sampler actor has died (last: {error}); run the same command with --resume "
+                            "to continue")
+        print(f"sampler {k} is gone ({error}); its chunk goes to sampler {self.live[0]}", flush=True)
+        return self.live[0]
+
     def serving(self) -> list[tuple]:
-        return [tuple(v) for v in self.calls.get([s.serving.remote() for s in self.handles])]
+        return [tuple(v) for v in self.calls.get([s.serving.remote() for s in self.live_handles])]
 
     def publish(self, adapter: Exported) -> None:
         """Every sampler loads the adapter and must report back the version and checksum it now serves."""
-        self._check(self.calls.get([s.load_adapter.remote(adapter.ref) for s in self.handles]), adapter.payload)
+        self.adapter = adapter
+        self._check(self.calls.get([self.handles[k].load_adapter.remote(adapter.ref) for k in self.live]),
+                    adapter.payload)
 
     def ensure(self, adapter: Exported) -> None:
         """Before sampling: a sampler that serves anything else (a restarted actor serves
         nothing) gets the adapter again; then all must match."""
+        self.adapter = adapter
         expected = (adapter.payload.version, adapter.payload.checksum)
-        stale = [s for s, v in zip(self.handles, self.serving()) if v != expected]
+        stale = [s for s, v in zip(self.live_handles, self.serving()) if v != expected]
         if stale:
             self.calls.get([s.load_adapter.remote(adapter.ref) for s in stale])
         self._check(self.serving(), adapter.payload)
+
+    @property
+    def live_handles(self) -> list:
+        return [self.handles[k] for k in self.live]
 
     def close(self) -> None:
         try:
@@ -421,7 +492,11 @@ class LearnerHandle:
         self.handle, self.calls = handle, calls or RayCalls()
 
     def _call(self, method: str, *args):
-        return self.calls.get(getattr(self.handle, method).remote(*args))
+        try:
+            return self.calls.get(getattr(self.handle, method).remote(*args))
+        except ActorLost as e:
+            raise ActorLost(f"the learner actor died during {method}() ({e}); the run stopped there, with "
+                            "every finished step saved: run the same command with --resume to continue") from None
 
     def begin(self, examples: list, iteration: int) -> int:
         return self._call("begin", examples, iteration)
@@ -440,4 +515,8 @@ class LearnerHandle:
 
     def export(self) -> Exported:
         ref = self.handle.export.remote()
-        return Exported(ref, self.calls.get(ref))
+        try:
+            return Exported(ref, self.calls.get(ref))
+        except ActorLost as e:
+            raise ActorLost(f"the learner actor died during export() ({e}); run the same command with --resume "
+                            "to continue") from None

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 # 3 judge error budget, 4 round not promoted by the gate, 5 no new prompts, 6 locked.
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
+    from loop.actors import ActorLost
     from loop.cycle import JudgeErrorRate
     from loop.data import DataError
     from loop.lock import Locked
@@ -99,6 +100,9 @@ def guarded(work) -> int:
     except Locked as e:
         print(f"alignloop: {e}", file=sys.stderr)
         return 6
+    except ActorLost as e:  # killed, out of memory, or its node removed; nothing finished is lost
+        print(f"alignloop: stopped: {e}", file=sys.stderr)
+        return 7
     return 0
 
 
