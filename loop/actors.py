@@ -170,7 +170,8 @@ class Actors:
         sampler_cls = ray.remote(sampler_class(cfg.sampler.backend))
         placed = [sampler_placement(cfg.sampler) for _ in range(cfg.sampler.replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
-        self.samplers = SamplerPool([sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed])
+        self.samplers = SamplerPool([sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed],
+                                    answer_timeout_s=cfg.ray.actor_restart_timeout_s)
         self.judges = start_judges(cfg.judge, cfg.judging)
         learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus,
                                                   resources=cfg.learner.resources or None, runtime_env=ACTOR_ENV)
@@ -304,11 +305,13 @@ def _lost(e: Exception) -> ActorLost:
 
 
 class RayCalls:
-    def get(self, futures):
+    def get(self, futures, timeout: float | None = None):
         try:
-            return ray.get(futures)
+            return ray.get(futures, timeout=timeout)
         except ray.exceptions.RayActorError as e:
             raise _lost(e) from None
+        except ray.exceptions.GetTimeoutError:
+            raise ActorLost(f"no answer within {timeout:.0f} s (its node may have left the cluster)") from None
 
     def each_settled(self, futures: dict):
         """(key, result), or (key, ActorLost) for a call whose actor died, as each finishes."""
@@ -331,7 +334,7 @@ class Done:
 
 
 class LocalCalls:
-    def get(self, futures):
+    def get(self, futures, timeout: float | None = None):
         return [f.value for f in futures] if isinstance(futures, list) else futures.value
 
     def each_settled(self, futures: dict):
@@ -371,10 +374,20 @@ class Exported:
 class SamplerPool:
     """The sampler replicas: chunks round-robin, adapters verified on every replica."""
 
-    def __init__(self, handles: list, calls: Calls | None = None):
-        self.handles, self.calls = handles, calls or RayCalls()
+    def __init__(self, handles: list, calls: Calls | None = None, answer_timeout_s: float | None = None):
+        """`answer_timeout_s`: how long a control call (load an adapter, say what it serves)
+        may wait; a sampler that Ray is restarting where no node can take it never answers."""
+        self.handles, self.calls, self.timeout = handles, calls or RayCalls(), answer_timeout_s
         self.adapter: Exported | None = None  # what every replica must serve (set by publish/ensure)
         self.live = list(range(len(handles)))
+
+    def _control(self, futures):
+        try:
+            return self.calls.get(futures, timeout=self.timeout)
+        except ActorLost as e:
+            raise ActorLost(f"a sampler actor died or stopped answering ({e}); every finished step is saved: "
+                            "run the same command with --resume (on a cluster, once its nodes are back, or "
+                            "with sampler.resources that the remaining nodes offer)", e.restarting) from None
 
     def generate(self, chunks: list[tuple], on_done: Callable[[int], None] = lambda i: None) -> list[list[Sample]]:
         """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i)` as each finishes.
@@ -406,11 +419,11 @@ class SamplerPool:
         it and it serves the current adapter again, else another live one."""
         if self.adapter is None:
             raise ActorLost(f"sampler {k} died ({error}) before any adapter was published to it")
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        deadline = time.monotonic() + (self.timeout or RESTART_TIMEOUT_S)
         while k in self.live:
             try:
-                self._check([tuple(self.calls.get(self.handles[k].load_adapter.remote(self.adapter.ref)))],
-                            self.adapter.payload)
+                self._check([tuple(self.calls.get(self.handles[k].load_adapter.remote(self.adapter.ref),
+                                                  timeout=self.timeout))], self.adapter.payload)
                 print(f"sampler {k} died ({error}); restarted, serving adapter v{self.adapter.payload.version} "
                       "again, retrying its chunk", flush=True)
                 return k
@@ -426,12 +439,12 @@ class SamplerPool:
         return self.live[0]
 
     def serving(self) -> list[tuple]:
-        return [tuple(v) for v in self.calls.get([s.serving.remote() for s in self.live_handles])]
+        return [tuple(v) for v in self._control([s.serving.remote() for s in self.live_handles])]
 
     def publish(self, adapter: Exported) -> None:
         """Every sampler loads the adapter and must report back the version and checksum it now serves."""
         self.adapter = adapter
-        self._check(self.calls.get([self.handles[k].load_adapter.remote(adapter.ref) for k in self.live]),
+        self._check(self._control([self.handles[k].load_adapter.remote(adapter.ref) for k in self.live]),
                     adapter.payload)
 
     def ensure(self, adapter: Exported) -> None:
@@ -441,7 +454,7 @@ class SamplerPool:
         expected = (adapter.payload.version, adapter.payload.checksum)
         stale = [s for s, v in zip(self.live_handles, self.serving()) if v != expected]
         if stale:
-            self.calls.get([s.load_adapter.remote(adapter.ref) for s in stale])
+            self._control([s.load_adapter.remote(adapter.ref) for s in stale])
         self._check(self.serving(), adapter.payload)
 
     @property

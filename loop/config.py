@@ -155,6 +155,9 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="Cluster to attach to (None: $RAY_ADDRESS, else a local instance).")
     dashboard: bool = Field(False, description="Start the Ray dashboard (local instance only, on 127.0.0.1).")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local instance (None: all).")
+    actor_restart_timeout_s: float = Field(
+        300, gt=0, description="How long a restarted sampler (it loads the model again) may take to answer before "
+        "the run counts it as gone (its node may have left the cluster).")
 
 
 class WandbOptions(Strict):
@@ -251,6 +254,13 @@ class RunConfig(Strict):
 
 # Fields that may change when a run is resumed: how long it runs, where Ray lives, where metrics go.
 RESUMABLE_CHANGES = ("iterations", "ray", "tracking")
+# Where actors run and how many there are may change on resume (a node is gone; the cluster
+# grew): the chunks are seeded by their content, so none of these changes a result.
+PLACEMENT_FIELDS = {
+    "sampler": ("replicas", "num_cpus", "num_gpus", "resources"),
+    "judging": ("actors", "in_flight", "num_cpus", "num_gpus", "resources"),
+    "learner": ("num_cpus", "num_gpus", "resources"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,4 +454,10 @@ def resume_conflicts(saved: dict, config: RunConfig) -> list[str]:
     except ValidationError:
         pass  # a config this version cannot read: compare as saved, field by field
     keys = sorted(set(saved) | set(new))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)]
+    return [k for k in keys if k not in RESUMABLE_CHANGES and without_placement(k, saved.get(k)) != without_placement(k, new.get(k))]
+
+
+def without_placement(section: str, value):
+    if not isinstance(value, dict) or section not in PLACEMENT_FIELDS:
+        return value
+    return {k: v for k, v in value.items() if k not in PLACEMENT_FIELDS[section]}

@@ -118,3 +118,43 @@ def test_job_submit_runs_merges_the_jobs_runtime_env_and_keeps_the_key_out(clust
     assert jobs.returncode == 0 and "ALIGNLOOP_TEST_JOB_VAR" in jobs.stdout and SECRET not in jobs.stdout
     leaked = [p for p in d.rglob("*") if p.is_file() and "logs" in p.parts and SECRET.encode() in p.read_bytes()]
     assert not leaked, f"the judge key appears in {leaked[:3]}"
+
+
+def test_a_worker_node_removed_mid_run_stops_cleanly_and_resume_on_the_rest_completes(cluster, tiny_model, tmp_path):
+    """Last in this module: it takes the worker node away. Its sampler cannot be restarted
+    anywhere (no other node offers node_b), so the run stops with exit 7 and a message that
+    says what to do; resumed with the sampler placed on the head node, it ends with exactly
+    the artifacts of an uninterrupted run."""
+    import psutil
+
+    from tests.integration.test_actor_death import assert_same, wait_for
+    from tests.integration.test_loop import artifacts, state_of
+
+    d, env = cluster
+    prompts = write_prompts(tmp_path / "p.jsonl", n=8)
+    sets = overrides(tiny_model, prompts, tmp_path / "run") + [
+        "--set", "sampler.max_new_tokens=48", "--set", "sampler.batch_size=1", "--set", "iterations=3",
+        "--set", "ray.actor_restart_timeout_s=20"]
+    args = [sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml"]
+    on_head = ["--set", "sampler.resources={node_a: 0.1}", "--set", "sampler.num_cpus=0"]
+    ref = subprocess.run([*args, *sets, "--set", f"run_dir={tmp_path / 'ref'}", *on_head], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+
+    proc = subprocess.Popen([*args, *sets], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    wait_for(lambda: state_of(tmp_path / "run") == (1, "learn"), proc)
+    (raylet,) = [p for p in psutil.process_iter(["cmdline"])
+                 if p.info["cmdline"] and p.info["cmdline"][0].endswith("raylet")
+                 and any(a.startswith(f"--raylet_socket_name={d}/worker/") for a in p.info["cmdline"])]
+    raylet.kill()  # the worker node leaves the cluster without a word
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 7, out[-3000:]
+    assert "every sampler actor has died" in out and "--resume" in out and "Traceback" not in out
+
+    resumed = subprocess.run([*args, *sets, *on_head, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    first, second = [json.loads(line) for line in (tmp_path / "run" / "placement.jsonl").read_text().splitlines()]
+    assert node_resources(first, "samplers") == {"node_b"} and node_resources(second, "samplers") == {"node_a"}
+    assert_same(artifacts(tmp_path / "ref"), artifacts(tmp_path / "run"))

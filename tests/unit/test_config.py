@@ -90,11 +90,17 @@ def test_redaction_masks_secret_values_but_keeps_env_var_names():
     assert out == {"judge": {"api_key": "***", "api_key_env": "OPENAI_API_KEY", "headers": {"Authorization": "***"}}}
 
 
-def test_resume_conflicts_ignore_iterations_and_ray_only():
+def test_resume_conflicts_ignore_iterations_ray_and_placement_only():
     cfg = validate_config(base())
     saved = yaml.safe_load(to_yaml(cfg))
     assert resume_conflicts(saved, validate_config({**base(), "iterations": 9, "ray": {"num_cpus": 1}})) == []
     assert resume_conflicts(saved, validate_config({**base(), "seed": 3})) == ["seed"]
+    # a node is gone: the same run continues with its actors placed elsewhere ...
+    moved = {**base(), "sampler": {"resources": {"node_a": 1}, "num_cpus": 0, "replicas": 2},
+             "judging": {"actors": 3, "resources": {"node_a": 0.1}}, "learner": {"num_gpus": 1, "resources": {"gpu_node": 1}}}
+    assert resume_conflicts(saved, validate_config(moved)) == []
+    # ... but what it samples and how it learns may not change
+    assert resume_conflicts(saved, validate_config({**base(), "sampler": {"temperature": 0.5}})) == ["sampler"]
 
 
 def run_cli(*args, cwd=ROOT):
