@@ -120,6 +120,44 @@ def test_job_submit_runs_merges_the_jobs_runtime_env_and_keeps_the_key_out(clust
     assert not leaked, f"the judge key appears in {leaked[:3]}"
 
 
+def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tmp_path):
+    """`ray job stop` in the middle of a run (the job's driver goes, its actors with it), then
+    the same job submitted again with --resume: the run ends as an uninterrupted one."""
+    from tests.integration.test_actor_death import assert_same, wait_for
+    from tests.integration.test_loop import artifacts, state_of
+
+    _, env = cluster
+    prompts = write_prompts(tmp_path / "p.jsonl", n=8)
+    sets = overrides(tiny_model, prompts, tmp_path / "run") + ["--set", "sampler.max_new_tokens=48",
+                                                               "--set", "sampler.batch_size=1"]
+    ref = subprocess.run([sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", *sets,
+                          "--set", f"run_dir={tmp_path / 'ref'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+
+    def submit(*extra: str) -> list[str]:
+        return ["ray", "job", "submit", "--address", env["RAY_JOB_ADDRESS"], "--working-dir", str(ROOT),
+                "--runtime-env-json", json.dumps({"excludes": ["runs/", ".venv/", ".venv-vllm/", ".git/"]}), *extra,
+                "--", "python", "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", *sets]
+
+    job_id = f"alignloop-test-{os.getpid()}"
+    started = subprocess.run(submit("--no-wait", "--submission-id", job_id), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    waiter = subprocess.Popen(["sleep", "600"])
+    try:
+        wait_for(lambda: state_of(tmp_path / "run") == (1, "learn"), waiter)
+    finally:
+        waiter.kill()
+    stop = subprocess.run(["ray", "job", "stop", "--address", env["RAY_JOB_ADDRESS"], job_id], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    resumed = subprocess.run(submit() + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "iter 2/2" in resumed.stdout and "iter 1/2" not in resumed.stdout, "the resumed job redid iteration 1"
+    assert_same(artifacts(tmp_path / "ref"), artifacts(tmp_path / "run"))
+
+
 def test_a_worker_node_removed_mid_run_stops_cleanly_and_resume_on_the_rest_completes(cluster, tiny_model, tmp_path):
     """Last in this module: it takes the worker node away. Its sampler cannot be restarted
     anywhere (no other node offers node_b), so the run stops with exit 7 and a message that
