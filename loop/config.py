@@ -135,6 +135,9 @@ class LearnerConfig(Strict):
     minibatch_size: int = Field(8, gt=0, description="Sequences per optimizer step.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass (gradient accumulation).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
+    logprob_check_rows: int = Field(
+        4, ge=0, description="Rows per iteration on which the sampler's log-probs are checked against the "
+        "learner's (old_logprob_gap); the others use the sampler's without a second forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learner trains.")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner actor.")

@@ -230,21 +230,20 @@ class Learner:
         trained, the ratio would stay 1 and the clip would never act over several epochs.
 
         The sampler's log-probs are the behaviour policy's own and are used when present and
-        aligned with the token ids; else the learner's (eval mode, no grad). Both are computed
-        when possible: their mean absolute gap per token is the off-policy error (different
-        kernels or dtypes, a stale adapter) that the ratio then corrects."""
+        aligned with the token ids; only rows without them cost a forward pass here. On the
+        first `logprob_check_rows` rows that have them the learner's own are computed too:
+        their mean absolute gap per token is the off-policy error (different kernels or
+        dtypes, a stale adapter) that the ratio corrects, checked on a sample rather than
+        paid for on every row."""
         unique = list({e.sample.id: e for e in rows}.values())
-        recomputed = self.sequence_logprobs(unique)
-        old, gaps, n_recomputed = {}, [], 0
-        for e, mine in zip(unique, recomputed):
-            theirs = e.sample.logprobs
-            if theirs is not None and e.sample.token_ids is not None and len(theirs) == len(mine):
-                old[e.sample.id] = list(theirs)
-                gaps += [abs(a - b) for a, b in zip(theirs, mine)]
-            else:
-                old[e.sample.id] = mine
-                n_recomputed += 1
-        metrics = {"n_old_logprobs_recomputed": n_recomputed}
+        given = [e for e in unique if aligned_logprobs(e)]
+        missing = [e for e in unique if not aligned_logprobs(e)]
+        checked = given[: self.cfg.logprob_check_rows]
+        computed = self.sequence_logprobs(missing + checked)
+        old = {e.sample.id: list(e.sample.logprobs) for e in given}
+        old.update({e.sample.id: lp for e, lp in zip(missing, computed)})
+        gaps = [abs(a - b) for e, mine in zip(checked, computed[len(missing):]) for a, b in zip(e.sample.logprobs, mine)]
+        metrics = {"n_old_logprobs_recomputed": len(missing), "n_old_logprobs_checked": len(checked)}
         if gaps:
             metrics["old_logprob_gap"] = float(np.mean(gaps))
         return old, metrics
@@ -284,6 +283,12 @@ class Learner:
         lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         mask = response_mask(responses, t, self.device)
         return lp * mask, mask
+
+
+def aligned_logprobs(e: Example) -> bool:
+    """The sample carries the sampler's log-prob of every one of its token ids."""
+    s = e.sample
+    return s.logprobs is not None and s.token_ids is not None and len(s.logprobs) == len(s.token_ids)
 
 
 def sampling_entropy(examples: list[Example]) -> dict[str, float]:

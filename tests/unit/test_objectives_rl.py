@@ -320,6 +320,7 @@ def test_old_logprobs_fixed_at_begin_prefer_the_sampler_and_log_the_gap(tiny_mod
     assert second["ratio"] != pytest.approx(first["ratio"], abs=1e-4), "epoch 2 sees epoch 1's update"
     m = learner.finish()
     assert m["old_logprob_gap"] == pytest.approx(0.1, abs=1e-4) and m["n_old_logprobs_recomputed"] == 0
+    assert m["n_old_logprobs_checked"] == 4
     assert m["entropy"] > 0 and {"advantage_mean", "advantage_std", "clip_frac", "n_flat_prompts"} <= m.keys()
 
 
@@ -342,3 +343,24 @@ def test_ppo_and_dpo_learn_with_reference_metrics(tiny_model):
     dpo = learner_for(tiny_model, {"type": "dpo", "pairs": "all"}, micro_batch_size=1)
     m = dpo.learn(scored_rows(dpo, TEXTS), iteration=1)
     assert m["n_pairs"] == 5 and m["steps"] == 3 and "kl_ref" in m
+
+
+def test_sampler_logprobs_cost_no_forward_pass_beyond_the_checked_rows(tiny_model):
+    """Only the rows without the sampler's log-probs, and `logprob_check_rows` of the others,
+    go through the model in begin(); the ratio uses the sampler's values either way."""
+    learner = learner_for(tiny_model, {"type": "grpo"}, logprob_check_rows=1)
+    plain = scored_rows(learner, TEXTS)
+    mine = learner.sequence_logprobs(plain)
+    rows = with_logprobs(plain[:3], [[x - 0.1 for x in lp] for lp in mine[:3]]) + plain[3:]
+    seen = []
+    hook = learner.model.register_forward_hook(lambda mod, args, kw, out: seen.append(kw["input_ids"].shape[0]),
+                                               with_kwargs=True)
+    try:
+        learner.begin(rows, iteration=1)
+    finally:
+        hook.remove()
+    assert sum(seen) == 2, "one row without log-probs + one checked row"
+    m = learner.finish()
+    assert (m["n_old_logprobs_recomputed"], m["n_old_logprobs_checked"]) == (1, 1)
+    assert m["old_logprob_gap"] == pytest.approx(0.1, abs=1e-4)
+    torch.testing.assert_close(learner.batch(rows[1:2]).old_logprobs[0], torch.tensor(rows[1].sample.logprobs))
