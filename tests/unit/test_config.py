@@ -49,7 +49,7 @@ def error_of(mutate) -> str:
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda r: r.update(learner={"lrr": 1}), "learner.lrr: unknown field; allowed here: device, epochs, lr"),
+        (lambda r: r.update(learner={"lrr": 1}), "learner.lrr: unknown field; allowed here: device, epochs, logprob_check_rows, lr"),
         (lambda r: r.update(learner={"lr": -1}), "learner.lr: Input should be greater than 0 (got -1)"),
         (lambda r: r["judge"].update(type="gpt"), "judge.type: 'gpt' is not known; use one of 'rules'"),
         (lambda r: r["judge"]["checks"][0].update(limt=3), "judge.checks.0.limt: unknown field; allowed here: limit, type"),
