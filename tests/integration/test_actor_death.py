@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 # Sampling in chunks of one prompt with long responses, and 30 epochs of learning on each
 # prompt's best response (so there is always something to train on), so that a sampler is
 # inside generate() and the learner inside a training step for long enough to be caught there.
-SETTINGS = dict(iterations=2, sampler={"samples_per_prompt": 3, "max_new_tokens": 64, "batch_size": 1,
+SETTINGS = dict(iterations=3, sampler={"samples_per_prompt": 3, "max_new_tokens": 64, "batch_size": 1,
                                        "num_cpus": 0.5, "threads": 1},
                 learner={"objective": {"type": "sft", "best_of_n": True}, "epochs": 30, "lr": 5e-3, "minibatch_size": 4, "micro_batch_size": 2, "num_cpus": 0.5,
                          "threads": 1})
@@ -45,18 +45,22 @@ def busy_actor(driver_pid: int, title: str):
     return None
 
 
-def kill_when(proc, run_dir, state, title) -> None:
-    """SIGKILL the first actor process running `title` once the run's state is `state`."""
+def kill_when(proc, run_dir, states, title):
+    """SIGKILL the first actor process running `title` while the run's state is one of
+    `states`; returns the state it was killed in."""
     target = []
 
     def ready() -> bool:
-        if state_of(run_dir) != state:
+        state = state_of(run_dir)
+        if state not in states:
             return False
-        target.append(busy_actor(proc.pid, title))
-        return target[-1] is not None
+        target.append((busy_actor(proc.pid, title), state))
+        return target[-1][0] is not None
 
     wait_for(ready, proc)
-    target[-1].send_signal(signal.SIGKILL)
+    process, state = target[-1]
+    process.send_signal(signal.SIGKILL)
+    return state
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -69,20 +73,20 @@ def assert_same(a: dict, b: dict) -> None:
 
 def test_a_sampler_killed_mid_chunk_is_restarted_and_its_chunk_sampled_again(tmp_path, tiny_model, reference):
     proc = alignloop("run", str(write_config(tmp_path, tiny_model, "killed", **SETTINGS)))
-    # in iteration 2, so the restarted sampler must get adapter v1 back before sampling again
-    kill_when(proc, tmp_path / "killed", (1, "learn"), "ray::HFSampler.generate")
+    # after an update, so the restarted sampler must get that adapter back before sampling again
+    state = kill_when(proc, tmp_path / "killed", [(1, "learn"), (2, "learn")], "ray::HFSampler.generate")
     out = finish(proc)
-    assert "sampler 0 died" in out and "serving adapter v1 again, retrying its chunk" in out
+    assert "sampler 0 died" in out and f"serving adapter v{state[0]} again, retrying its chunk" in out
     assert_same(reference, artifacts(tmp_path / "killed"))
 
 
 def test_the_learner_killed_mid_training_stops_the_run_cleanly_and_resume_completes(tmp_path, tiny_model, reference):
     config = write_config(tmp_path, tiny_model, "killed", **SETTINGS)
     proc = alignloop("run", str(config))
-    kill_when(proc, tmp_path / "killed", (2, "judge"), "ray::Learner.step")
+    state = kill_when(proc, tmp_path / "killed", [(2, "judge"), (3, "judge")], "ray::Learner.step")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 7, out
     assert "the learner actor died during step()" in out and "--resume" in out and "Traceback" not in out
-    assert state_of(tmp_path / "killed") == (2, "judge"), "everything finished before the kill is kept"
+    assert state_of(tmp_path / "killed") == state, "everything finished before the kill is kept"
     finish(alignloop("run", str(config), "--resume"))
     assert_same(reference, artifacts(tmp_path / "killed"))
