@@ -143,6 +143,9 @@ def test_one_writer_and_a_killed_round_resumes_to_the_same_artifacts(tmp_path, t
     run_dir = tmp_path / "killed" / "rounds" / "r1"
     proc = alignloop("round", str(config), "--round", "r1")
     wait_for(lambda: state_of(run_dir) == (2, "sample"), proc)  # inside the slow judge step
+    # Frozen there (its lock held, its pid alive), so the second process meets it however slow
+    # the machine is, and the kill lands inside the round.
+    os.killpg(proc.pid, signal.SIGSTOP)
     code, out, _ = round_(config, "r1")
     assert code == 6 and "in use by another alignloop process" in out and f"pid {proc.pid}" in out, out
     os.killpg(proc.pid, signal.SIGKILL)
