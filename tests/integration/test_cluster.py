@@ -25,10 +25,29 @@ SCRIPT = ROOT / "scripts" / "local_cluster.sh"
 SECRET = "sk-test-0123456789abcdefghijklmnop"  # what a judge key looks like; must never leak
 
 
+def free_port_block(size: int = 300) -> int:
+    """The first port P (below Linux's ephemeral range, where other processes' random ports
+    land) such that P .. P+size-1 are all free on 127.0.0.1: the script's ports for one cluster."""
+    import socket
+
+    for base in range(20000 + os.getpid() % 20 * size, 32000 - size, size):
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports for the test cluster")
+
+
+PORT = free_port_block()
+
+
 def script_env() -> dict:
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
-            "ALIGNLOOP_CLUSTER_PORT": str(30000 + os.getpid() % 90 * 300)}
+            "ALIGNLOOP_CLUSTER_PORT": str(PORT)}
 
 
 @pytest.fixture(scope="module")
