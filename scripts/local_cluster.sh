@@ -61,6 +61,27 @@ cluster_pids() {
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$dir/auth_token" RAY_USAGE_STATS_ENABLED=0
 
+stop_cluster() {
+  local pids
+  pids=$(cluster_pids)
+  [ -n "$pids" ] || return 0
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    [ -n "$(cluster_pids)" ] || return 0
+    sleep 0.2
+  done
+  pids=$(cluster_pids)
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+}
+
+# A node that failed to start can leave the head's processes (GCS, dashboard) holding their
+# ports: stop whatever this cluster started before reporting the failure.
+failed() {  # $1: the log to show
+  tail -20 "$1" >&2
+  stop_cluster
+  exit 1
+}
+
 case "$cmd" in
 up)
   # Ray's Unix sockets live under DIR/<node>/session_<date>_<pid>/sockets/, and a socket path
@@ -82,12 +103,12 @@ up)
     --temp-dir "$dir/head" --include-dashboard true --dashboard-host 127.0.0.1 \
     --dashboard-port "$((port + 1))" --ray-client-server-port "$((port + 2))" \
     --disable-usage-stats $(node_ports "$((port + 10))" "$((port + 100))") > "$dir/head.log" 2>&1 \
-    || { tail -20 "$dir/head.log" >&2; exit 1; }
+    || failed "$dir/head.log"
   # shellcheck disable=SC2046
   worker_start --address "127.0.0.1:$port" --num-cpus "$cpus_b" --resources '{"node_b": 1}' \
     --temp-dir "$dir/worker" --disable-usage-stats \
     $(node_ports "$((port + 20))" "$((port + 200))") > "$dir/worker.log" 2>&1 \
-    || { tail -20 "$dir/worker.log" >&2; exit 1; }
+    || failed "$dir/worker.log"
   {
     echo "export RAY_ADDRESS=127.0.0.1:$port"
     echo "export RAY_JOB_ADDRESS=http://127.0.0.1:$((port + 1))"
@@ -98,15 +119,8 @@ up)
   echo "cluster up: head 127.0.0.1:$port (node_a, $cpus_a CPU), worker (node_b, $cpus_b CPU); source $dir/env"
   ;;
 down)
-  pids=$(cluster_pids)
-  [ -n "$pids" ] || { echo "no cluster running in $dir"; exit 0; }
-  kill $pids 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -n "$(cluster_pids)" ] || break
-    sleep 0.2
-  done
-  pids=$(cluster_pids)
-  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+  [ -n "$(cluster_pids)" ] || { echo "no cluster running in $dir"; exit 0; }
+  stop_cluster
   echo "cluster down ($dir)"
   ;;
 *)

@@ -58,10 +58,10 @@ def cluster():
         pytest.skip("the ray CLI is not installed next to this Python")
     d = Path(tempfile.mkdtemp(prefix="alc-", dir="/tmp"))  # short: Ray's socket paths are limited to 107 bytes
     env = {**script_env(), "ALIGNLOOP_TEST_KEY": SECRET}
-    up = subprocess.run(["bash", str(SCRIPT), "up", str(d)], env=env, capture_output=True, text=True, timeout=120)
-    assert up.returncode == 0, up.stdout + up.stderr
-    values = dict(line.removeprefix("export ").split("=", 1) for line in (d / "env").read_text().splitlines())
     try:
+        up = subprocess.run(["bash", str(SCRIPT), "up", str(d)], env=env, capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        values = dict(line.removeprefix("export ").split("=", 1) for line in (d / "env").read_text().splitlines())
         yield d, {**script_env(), **values}
     finally:
         down = subprocess.run(["bash", str(SCRIPT), "down", str(d)], env=env, capture_output=True, text=True, timeout=60)
