@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from records import Judgment, Prompt, Sample
+from records import Judgment, Prompt, Sample, merged_spans
 
 
 class CompositeJudgeConfig(BaseModel):
@@ -115,7 +115,7 @@ class CompositeJudge:
         score = sum(w * x for w, x in scored) / total if scored and total > 0 else None
         critique = "\n".join(f"[{n}] {p.critique}" for n, p in zip(names, parts) if p.critique) or None
         # The parts' spans merged (each kept once, in order); their critiques say why.
-        spans = sorted({s for p in parts for s in p.spans or ()}, key=lambda s: (s.start, s.end, s.reason))
+        spans = merged_spans(s for p in parts for s in p.spans or ())
         return Judgment(sample_id=sample.id, verdict=verdict, score=score, critique=critique,
                         judge=self.name, latency_s=latency, spans=spans or None,
                         unlocated_quotes=sum(p.unlocated_quotes for p in parts))

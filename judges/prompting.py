@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from records import Judgment, Prompt, Sample, Span, Verdict
+from records import Judgment, Prompt, Sample, Span, Verdict, merged_spans
 
 DEFAULT_SYSTEM = (
     "You are a meticulous reviewer of an AI assistant's answers. You judge only the quoted "
@@ -176,7 +176,7 @@ def locate_quotes(response: str, quotes: tuple[str, ...]) -> tuple[list[Span], i
         if not hits:
             unlocated += 1
         spans.update(Span(start=a, end=b, reason="quoted by the judge") for a, b in hits)
-    return sorted(spans, key=lambda s: (s.start, s.end)), unlocated
+    return merged_spans(spans), unlocated
 
 
 def _fold(text: str) -> tuple[str, list[int]]:

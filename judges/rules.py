@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from records import Judgment, Prompt, Sample, Span
+from records import Judgment, Prompt, Sample, Span, merged_spans
 
 _WORD = re.compile(r"\b[\w'’-]+\b")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
@@ -112,7 +112,7 @@ class BannedPhrases(Check):
             noun = "word" if self.whole_words else "phrase"
             quoted = ", ".join(f'"{p}"' for p in found)
             return Fault(f"The response uses the banned {noun}{'s' if len(found) > 1 else ''} {quoted}.",
-                         tuple(sorted(spans, key=lambda s: (s.start, s.end))))
+                         tuple(merged_spans(spans)))
         return None
 
 
@@ -280,7 +280,7 @@ class RulesJudge:
         start = time.perf_counter()
         faults = [f for c in self.config.checks if (f := c(prompt, sample)) is not None]
         passed = len(self.config.checks) - len(faults)
-        spans = sorted({s for f in faults for s in f.spans}, key=lambda s: (s.start, s.end, s.reason))
+        spans = merged_spans(s for f in faults for s in f.spans)
         return Judgment(
             sample_id=sample.id,
             verdict="negative" if faults else "positive",

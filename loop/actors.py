@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from loop.config import RayConfig, RunConfig
+from loop.config import BUILTIN_RESOURCES, RayConfig, RunConfig
 from records import Judgment, Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
 
@@ -219,7 +219,7 @@ class Actors:
 
 
 def is_builtin_resource(name: str) -> bool:
-    return name in ("CPU", "GPU", "memory", "object_store_memory") or name.startswith("node:")
+    return name in BUILTIN_RESOURCES or name.startswith("node:")
 
 
 class LocalActors:
@@ -505,8 +505,11 @@ class LearnerHandle:
         self.handle, self.calls = handle, calls or RayCalls()
 
     def _call(self, method: str, *args):
+        return self._get(method, getattr(self.handle, method).remote(*args))
+
+    def _get(self, method: str, ref):
         try:
-            return self.calls.get(getattr(self.handle, method).remote(*args))
+            return self.calls.get(ref)
         except ActorLost as e:
             raise ActorLost(f"the learner actor died during {method}() ({e}); the run stopped there, with "
                             "every finished step saved: run the same command with --resume to continue") from None
@@ -528,8 +531,4 @@ class LearnerHandle:
 
     def export(self) -> Exported:
         ref = self.handle.export.remote()
-        try:
-            return Exported(ref, self.calls.get(ref))
-        except ActorLost as e:
-            raise ActorLost(f"the learner actor died during export() ({e}); run the same command with --resume "
-                            "to continue") from None
+        return Exported(ref, self._get("export", ref))

@@ -26,9 +26,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Ray's own resources: set by num_cpus / num_gpus, never as custom resources.
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 def _custom_resources(value: dict[str, float]) -> dict[str, float]:
     for name, amount in value.items():
-        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+        if name in BUILTIN_RESOURCES:
             raise ValueError(f"{name!r} is not a custom resource; set num_cpus / num_gpus instead")
         if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
             raise ValueError(f"resource name {name!r}: use letters, digits and _ . : / - (e.g. node_b)")

@@ -16,7 +16,7 @@ from loop.config import RunConfig
 from loop.data import PromptStream, load_data
 from loop.lock import DirLock
 from loop.metrics import is_spending, judgment_metrics, sample_metrics
-from loop.progress import phase, summary_line
+from loop.progress import phase, placement_line, summary_line
 from loop.preflight import attached, preflight_run
 from loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
 from loop.tracking import Tracking
@@ -245,16 +245,6 @@ def opened(tracking: Tracking):
         yield tracking
     finally:
         tracking.close()
-
-
-def placement_line(placement: dict) -> str:
-    """"placed on 2 node(s): samplers on 1a2b3c4d (node_b), ..." """
-    def name(nid: str) -> str:
-        extra = ", ".join(placement["nodes"].get(nid, []))
-        return f"{nid[:8]}" + (f" ({extra})" if extra else "")
-
-    groups = [f"{g} on {', '.join(name(n) for n in placement[g])}" for g in ("samplers", "judges", "learner")]
-    return f"placed on {len(placement['nodes'])} node(s): " + "; ".join(groups)
 
 
 @contextmanager

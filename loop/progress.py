@@ -55,3 +55,13 @@ def eval_line(name: str, m: dict, source: str) -> str:
 
     return (f"{name} | pass {f(m.get('pass_rate'))} | score {f(m.get('mean_score'))} | "
             f"errors {m.get('n_judge_errors', 0)}/{m.get('n_samples', 0)} | {source}")
+
+
+def placement_line(placement: dict) -> str:
+    """"placed on 2 node(s): samplers on 1a2b3c4d (node_b), ..." """
+    def name(nid: str) -> str:
+        extra = ", ".join(placement["nodes"].get(nid, []))
+        return f"{nid[:8]}" + (f" ({extra})" if extra else "")
+
+    groups = [f"{g} on {', '.join(name(n) for n in placement[g])}" for g in ("samplers", "judges", "learner")]
+    return f"placed on {len(placement['nodes'])} node(s): " + "; ".join(groups)

@@ -66,6 +66,11 @@ class Span(Record):
         return self
 
 
+def merged_spans(spans) -> list[Span]:
+    """Each span once, in the order of the text: what a judgment stores."""
+    return sorted(set(spans), key=lambda s: (s.start, s.end, s.reason))
+
+
 class Judgment(Record):
     """What a judge says about one sample. None in a field means "no signal", never a default:
     a failed judge call has `error` set and no verdict or score."""
