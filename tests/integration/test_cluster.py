@@ -147,8 +147,10 @@ def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tm
 
     _, env = cluster
     prompts = write_prompts(tmp_path / "p.jsonl", n=8)
+    # Four iterations and a stop inside the first: the stop cannot come after the job ended,
+    # however slow `ray job stop` is to arrive (with two, a fast machine finished first).
     sets = overrides(tiny_model, prompts, tmp_path / "run") + ["--set", "sampler.max_new_tokens=48",
-                                                               "--set", "sampler.batch_size=1"]
+                                                               "--set", "sampler.batch_size=1", "--set", "iterations=4"]
     ref = subprocess.run([sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", *sets,
                           "--set", f"run_dir={tmp_path / 'ref'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -165,15 +167,19 @@ def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tm
     assert started.returncode == 0, started.stdout + started.stderr
     waiter = subprocess.Popen(["sleep", "600"])
     try:
-        wait_for(lambda: state_of(tmp_path / "run") in [(1, "learn"), (2, "sample"), (2, "judge")], waiter)
+        wait_for(lambda: state_of(tmp_path / "run") in [(1, "sample"), (1, "judge"), (1, "learn")], waiter)
     finally:
         waiter.kill()
     stop = subprocess.run(["ray", "job", "stop", "--address", env["RAY_JOB_ADDRESS"], job_id], env=env,
                           capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
+    stopped_at = state_of(tmp_path / "run")
+    assert stopped_at is not None and stopped_at[0] < 4, f"the job was not stopped mid-run (state {stopped_at})"
     resumed = subprocess.run(submit() + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "iter 2/2" in resumed.stdout and "iter 1/2" not in resumed.stdout, "the resumed job redid iteration 1"
+    redone = [i for i in range(1, 5) if f"iter {i}/4" in resumed.stdout]
+    assert redone and redone[-1] == 4 and redone[0] > stopped_at[0] - (stopped_at[1] != "learn"), \
+        f"stopped at {stopped_at}, the resumed job ran iterations {redone}"
     assert_same(artifacts(tmp_path / "ref"), artifacts(tmp_path / "run"))
 
 
@@ -207,7 +213,11 @@ def test_a_worker_node_removed_mid_run_stops_cleanly_and_resume_on_the_rest_comp
     raylet.kill()  # the worker node leaves the cluster without a word
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 7, out[-3000:]
-    assert "every sampler actor has died" in out and "--resume" in out and "Traceback" not in out
+    # Which message depends on the call the node took with it: a chunk being sampled ("every
+    # sampler actor has died") or an adapter being loaded ("a sampler actor died or stopped answering").
+    (stopped,) = [line for line in out.splitlines() if line.startswith("alignloop: stopped: ")]
+    assert ("every sampler actor has died" in stopped or "a sampler actor died or stopped answering" in stopped), out[-3000:]
+    assert "--resume" in stopped and "Traceback" not in out, out[-3000:]
 
     resumed = subprocess.run([*args, *sets, *on_head, "--resume"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
