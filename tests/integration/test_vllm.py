@@ -111,9 +111,10 @@ def perturbed(payload: AdapterPayload, version: int) -> AdapterPayload:
 
 # First: it runs its own engine before the module's loop (and its engine) starts.
 def test_critique_judge_on_a_vllm_engine():
-    """The critique judge's vLLM backend, in this process: a real reply from the embedded
-    model, read by the judge's parser (a 135M model rarely writes valid judgment JSON, so a
-    reply may be an unparseable-reply error: recorded, never a made-up verdict)."""
+    """The critique judge's vLLM backend, in this process: real replies from the embedded
+    model, decoded inside the judgment schema by vLLM's structured outputs, so each one is a
+    judgment the parser reads (its content checks still apply: an echoed placeholder or a
+    self-contradicting score is an error, never a made-up verdict)."""
     import asyncio
 
     from judges import build_judge
@@ -121,21 +122,25 @@ def test_critique_judge_on_a_vllm_engine():
 
     judge_cfg = validate_config({
         "name": "t", "data": {"path": "p.jsonl"},
-        "judge": {"type": "critique_model", "path": MODEL, "backend": "vllm", "max_new_tokens": 24,
-                  "vllm": {"kv_cache_gib": 0.25, "max_model_len": 2048}},
+        "judge": {"type": "critique_model", "path": MODEL, "backend": "vllm", "max_new_tokens": 160,
+                  "max_critique_chars": 120, "vllm": {"kv_cache_gib": 0.25, "max_model_len": 2048}},
     }).judge
     judge = build_judge(judge_cfg)
     try:
         prompt = Prompt(id="p", messages=[Message(role="user", content="Name a colour.")])
         samples = [Sample(id=f"s{i}", prompt_id="p", response=r, policy_version=0) for i, r in enumerate(["Blue.", "Seven."])]
         replies = judge.generate([[{"role": "user", "content": "Say hello."}]] * 2)
-        assert len(replies) == 2 and replies[0] == replies[1] and replies[0].strip(), "greedy replies to one chat agree"
+        assert len(replies) == 2 and replies[0] == replies[1], "greedy replies to one chat agree"
+        assert replies[0].text.startswith("{") and not replies[0].truncated, replies[0]
         out = asyncio.run(judge.judge([prompt, prompt], samples))
     finally:
         judge.generator.close()
     assert [j.sample_id for j in out] == ["s0", "s1"]
     for j in out:
-        assert j.verdict in ("positive", "negative") if j.error is None else j.error.startswith("unparseable judge reply")
+        if j.error is None:
+            assert j.verdict in ("positive", "negative") and len(j.critique) <= 120
+        else:
+            assert "placeholder" in j.error or "self-contradicting" in j.error, j.error
 
 
 def test_two_iterations_publish_serve_and_unload(loop):

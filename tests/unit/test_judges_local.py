@@ -13,6 +13,7 @@ from judges.plugins import PluginError, PythonJudgeConfig, build_plugin
 from judges.reward_model import check_labels
 from loop.actors import JudgeWorker
 from loop.config import ConfigError, validate_config
+from policies.model import Reply
 from records import Judgment
 from tests.conftest import WORDS
 from tests.judge_fakes import make_cycle, prompts_and_samples
@@ -136,7 +137,7 @@ def test_reward_model_label_options_are_checked():
 
 def test_critique_model_gibberish_is_an_unparseable_error_not_a_verdict(tiny_model):
     judge = build_judge(judge_config({"type": "critique_model", "path": str(tiny_model), "max_new_tokens": 8,
-                                      "batch_size": 2, "device": "cpu", "threads": 1}))
+                                      "batch_size": 2, "device": "cpu", "threads": 1, "constrained": False}))
     samples, out = judge_all(judge, ["the cat sat", "a dog ran", "yes"])
     assert [j.sample_id for j in out] == [s.id for s in samples]
     for j in out:
@@ -145,17 +146,52 @@ def test_critique_model_gibberish_is_an_unparseable_error_not_a_verdict(tiny_mod
 
 
 def test_critique_model_reads_replies_with_the_api_judges_parser(tiny_model, monkeypatch):
-    judge = build_judge(judge_config({"type": "critique_model", "path": str(tiny_model), "device": "cpu", "threads": 1}))
+    judge = build_judge(judge_config({"type": "critique_model", "path": str(tiny_model), "device": "cpu", "threads": 1,
+                                      "constrained": False}))
     seen = []
 
     def generate(chats):
         seen.extend(chats)
-        return ['```json\n{"critique": "Cut short.", "verdict": "unsatisfactory", "score": 4}\n```'] * len(chats)
+        return [Reply('```json\n{"critique": "Cut short.", "verdict": "unsatisfactory", "score": 4}\n```', False)] * len(chats)
 
     monkeypatch.setattr(judge, "generate", generate)
     _, (j,) = judge_all(judge, ["the cat"])
     assert (j.verdict, j.score, j.critique, j.error) == ("negative", pytest.approx(1 / 3), "Cut short.", None)
     assert "<<<BEGIN RESPONSE" in seen[0][-1]["content"] and seen[0][0]["role"] == "system"
+
+
+def test_a_reply_cut_off_at_max_new_tokens_says_so(tiny_model, monkeypatch):
+    judge = build_judge(judge_config({"type": "critique_model", "path": str(tiny_model), "device": "cpu", "threads": 1,
+                                      "constrained": False, "max_new_tokens": 7}))
+    monkeypatch.setattr(judge, "generate", lambda chats: [Reply('{"critique": "The resp', True)] * len(chats))
+    _, (j,) = judge_all(judge, ["the cat"])
+    assert j.verdict is None and "cut off at judge.max_new_tokens (7)" in j.error and "raise judge.max_new_tokens" in j.error
+
+
+def test_constrained_decoding_needs_a_tokenizer_that_can_write_json(tiny_model):
+    """The tiny model's word-level vocabulary (no "{", a WordPiece decoder): said before any actor starts."""
+    cfg = judge_config({"type": "critique_model", "path": str(tiny_model)})
+    with pytest.raises(ConfigError, match="tokenizer cannot drive constrained decoding.*judge.constrained: false"):
+        cfg.preflight()
+
+
+@pytest.mark.integration  # loads the embedded 135M model and judges with it (about 20 s)
+def test_constrained_decoding_makes_the_embedded_model_a_judge_that_parses():
+    """Unconstrained, SmolLM2-135M echoes the prompt's marker lines and no reply parses; inside
+    the schema, every reply is a judgment (the parser's own content checks still apply)."""
+    texts = ["Red, green and blue.", "I like turtles.", "The capital of France is Berlin.", "No."]
+    base = {"type": "critique_model", "path": "smollm2-135m-instruct", "device": "cpu", "threads": 2,
+            "max_new_tokens": 200, "batch_size": 4}
+    free = build_judge(judge_config({**base, "constrained": False, "max_new_tokens": 64}))
+    _, unconstrained = judge_all(free, texts)
+    assert all(j.error for j in unconstrained), [j.critique for j in unconstrained]
+    config = judge_config({**base, "max_critique_chars": 160})
+    config.preflight()
+    _, out = judge_all(build_judge(config), texts)
+    for j in out:
+        assert j.error is None or "placeholder" in j.error or "self-contradicting" in j.error, j.error
+        assert j.error or (j.verdict in ("positive", "negative") and 0 <= j.score <= 1 and len(j.critique) <= 160)
+    assert sum(j.error is None for j in out) >= 3
 
 
 # composite --------------------------------------------------------------------------------
