@@ -12,6 +12,11 @@ Faults, per request:
     fenced    HTTP 200, the JSON judgment inside a ```json fence (a success)
     wrapped   HTTP 200, the JSON judgment inside a sentence (a success)
 
+What a weak judge model (a 135M one behind vLLM's server) was seen to answer:
+    echo      HTTP 200, the prompt's placeholder critique and quote copied back, with a verdict
+    contra    HTTP 200, a verdict its own score contradicts ("satisfactory", 1 of 10)
+    length    HTTP 200, the reply cut off mid-JSON, finish_reason "length"
+
 A fault is chosen either by a script in the response under judgment (`FAULTS=429,500` makes
 the first attempt for that sample a 429, the second a 500, later ones succeed) or at random
 with probability `fault_rate`. Every request is logged with the sample it was for and the
@@ -150,6 +155,11 @@ def reply_content(fault: str, user: str) -> str:
         "prose": "Overall I think the response is mostly fine, though it could be better.",
         "fenced": f"Here is my judgment.\n```json\n{obj}\n```",
         "wrapped": f"My judgment: {obj} I hope this helps.",
+        "echo": json.dumps({"critique": "<the errors and shortcomings, or: The response is perfect.>",
+                            "quotes": ["<a faulty passage, copied exactly from the response>"],
+                            "verdict": "satisfactory", "score": 9}),
+        "contra": json.dumps({"critique": "The response is perfect.", "verdict": "satisfactory", "score": 1}),
+        "length": obj[: len(obj) // 3],
     }.get(fault, obj)
 
 
@@ -200,7 +210,8 @@ def _handler(server: FakeOpenAIServer):
             self.send_json(200, {
                 "id": f"chatcmpl-{len(server.log)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "length" if fault == "length" else "stop"}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens},
             })

@@ -166,3 +166,38 @@ def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model):
     path.write_text(yaml.safe_dump(changed))
     out, _ = (p := alignloop("run", str(path), "--resume")).communicate(timeout=120)
     assert p.returncode == 2 and "different config (fields: seed)" in out
+
+
+def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exits_6(tmp_path, tiny_model):
+    """Seed 0 and seed 1 started at the same moment on one run directory, then --overwrite
+    while the winner runs: one writer only, and the directory is wholly the winner's."""
+    paths = {}
+    for seed in (0, 1):
+        cfg = tiny_config(tiny_model, write_prompts(tmp_path / "prompts.jsonl", n=6), tmp_path / "run", seed=seed)
+        paths[seed] = tmp_path / f"seed{seed}.yaml"
+        paths[seed].write_text(yaml.safe_dump(cfg))
+    procs = {seed: alignloop("run", str(paths[seed])) for seed in (0, 1)}
+    lost = None
+    while lost is None:  # the loser exits at once, before Ray starts
+        lost = next((seed for seed, p in procs.items() if p.poll() is not None and p.returncode != 0), None)
+        if all(p.poll() is not None for p in procs.values()):
+            break
+        time.sleep(0.05)
+    assert lost is not None, {s: p.communicate()[0][-2000:] for s, p in procs.items()}
+    won = 1 - lost
+    out = procs[lost].communicate()[0]
+    assert procs[lost].returncode == 6 and "in use by another alignloop process" in out, out
+    overwrite = subprocess.run([sys.executable, "-m", "loop.cli", "run", str(paths[lost]), "--overwrite"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+    if procs[won].poll() is None:  # still running: the overwrite must not have touched it
+        assert overwrite.returncode == 6, overwrite.stdout + overwrite.stderr
+    finish(procs[won])
+    run_dir = tmp_path / "run"
+    if overwrite.returncode == 0:  # the winner had finished: --overwrite then rightly replaced its run
+        won = lost
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == won
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    again = subprocess.run([sys.executable, "-m", "loop.cli", "run", str(paths[won]), "--resume"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr  # the directory verifies as one whole run

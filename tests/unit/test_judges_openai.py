@@ -246,6 +246,25 @@ def test_weak_judge_replies_are_errors_not_signals():
         reply_text(cut, 512)
 
 
+def test_a_scripted_weak_judge_over_http_gives_errors_that_say_what_happened(server):
+    """The same replies through a real server: each weak-model answer is an error judgment
+    naming what went wrong, asked again only where a resample can differ (temperature > 0,
+    never a reply cut off at max_tokens), and every request it cost is counted."""
+    judge = OpenAIJudge(config(server, temperature=0.7, unparseable_retries=1))
+    _, out = run(judge, ["good FAULTS=echo,echo", "good FAULTS=contra,contra", "good FAULTS=length",
+                         "good FAULTS=echo", "bad one"])
+    echoed, contradicting, cut, recovered, fine = out
+    assert "echoed the prompt's placeholder" in echoed.error and echoed.verdict is None
+    assert "self-contradicting judgment" in contradicting.error and contradicting.score is None
+    assert "cut off at max_tokens" in cut.error and "raise judge.max_tokens" in cut.error
+    assert (recovered.error, recovered.verdict) == (None, "positive")
+    assert (fine.error, fine.verdict) == (None, "negative")
+    faults = sorted(server.attempts_by_key().values())
+    assert faults == sorted([["echo", "echo"], ["contra", "contra"], ["length"], ["echo", "ok"], ["ok"]])
+    usage = judge.usage()
+    assert usage["requests"] == server.requests == 8 and usage["unparseable_retries"] == 3
+
+
 def test_an_unreadable_reply_is_asked_again_only_where_sampling_can_change_it(server):
     """At temperature 0 the same request returns the same unreadable reply: one request, an
     error. Above 0 it is asked once more (unparseable_retries) and the second reply counts."""
