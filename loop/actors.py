@@ -17,6 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from loop import orphans
 from loop.config import BUILTIN_RESOURCES, RayConfig, RunConfig
 from records import Judgment, Prompt, Sample
 from policies.adapter import AdapterMismatch, AdapterPayload
@@ -35,6 +36,9 @@ def start_ray(cfg: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     local_only()
+    left = orphans.reap()
+    if left:
+        print(f"removed {len(left)} Ray process(es) a killed run had left behind: {', '.join(left)}", flush=True)
     ray.init(
         num_cpus=cfg.num_cpus or os.cpu_count(),
         include_dashboard=cfg.dashboard,

@@ -201,3 +201,31 @@ def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exi
     again = subprocess.run([sys.executable, "-m", "loop.cli", "run", str(paths[won]), "--resume"], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr  # the directory verifies as one whole run
+
+
+def test_ray_processes_left_by_a_driver_killed_alone_are_removed_by_the_next_start(tmp_path, tiny_model):
+    """SIGKILL to the driver only (as the OOM killer does): the raylet goes with it, its agents
+    stay behind, reparented to init. The resumed run removes them before starting Ray."""
+    import psutil
+
+    from loop import orphans
+
+    path = write_config(tmp_path, tiny_model, "run", **SLOW)
+    before = {p.pid for p in orphans.orphans()}
+    proc = alignloop("run", str(path))
+    try:
+        wait_for(lambda: state_of(tmp_path / "run") == (1, "sample"), proc)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 60
+        while not (left := [p for p in orphans.orphans() if p.pid not in before]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert left, "nothing outlived the killed driver: the test no longer shows what it fixes"
+        out = finish(alignloop("run", str(path), "--resume"))
+        assert "Ray process(es) a killed run had left behind" in out, out
+        assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
