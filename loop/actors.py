@@ -103,9 +103,10 @@ class JudgeWorker:
         return {k: v - taken.get(k, 0) for k, v in now.items()}
 
 
-async def judge_pool(handles: list, chunks: list[tuple], in_flight: int, judge_name: str,
-                     on_done: Callable[[int], None] = lambda i: None) -> list[list[Judgment]]:
-    """Judge every chunk on the JudgeWorker actors; results come back in chunk order.
+async def judge_queue(handles: list, queue: asyncio.Queue, total: int, in_flight: int, judge_name: str,
+                      on_done: Callable[[int], None] = lambda i: None) -> list[list[Judgment]]:
+    """Judge `total` chunks that arrive on `queue` as (index, chunk), possibly while a producer
+    is still making them (streaming); results come back in index order.
 
     Back-pressure: each actor has at most `in_flight` chunks outstanding and takes the next
     one only when one returns, so a fast actor does more and nothing piles up inside a slow
@@ -114,32 +115,47 @@ async def judge_pool(handles: list, chunks: list[tuple], in_flight: int, judge_n
     gets no more chunks, and its chunk is tried once more on another actor. Chunks left when
     no actor is left become error judgments, counted and retried by --resume.
     `handles[k].judge.remote(...)` may return a Ray ObjectRef or any awaitable (tests)."""
-    todo = deque(range(len(chunks)))
-    results: list = [None] * len(chunks)
+    results: dict[int, list[Judgment]] = {}
     live, requeued = set(range(len(handles))), set()
     last_error: list[str] = []
+    slots = len(handles) * in_flight
+
+    def finish(i: int, part: list[Judgment]) -> None:
+        results[i] = part
+        on_done(i)
+        if len(results) == total:
+            for _ in range(slots):  # wake the slots still waiting for work: there is none
+                queue.put_nowait(None)
 
     async def slot(k: int) -> None:
-        while todo and k in live:
-            i = todo.popleft()
+        while k in live:
+            item = await queue.get()
+            if item is None:
+                return
+            if k not in live:  # its actor died while this slot waited: the chunk goes back
+                queue.put_nowait(item)
+                return
+            i, chunk = item
             try:
-                results[i] = await handles[k].judge.remote(*chunks[i])
+                part = await handles[k].judge.remote(*chunk)
             except Exception as e:  # noqa: BLE001 - an actor failure is an error on its chunk
                 live.discard(k)
                 last_error[:] = [f"judge actor failed: {_actor_error(e)}"]
                 if live and i not in requeued:
                     requeued.add(i)
-                    todo.appendleft(i)
-                    continue
-                results[i] = _chunk_error(chunks[i], judge_name, last_error[0])
-            on_done(i)
+                    queue.put_nowait(item)
+                else:
+                    finish(i, _chunk_error(chunk, judge_name, last_error[0]))
+                return
+            finish(i, part)
 
-    while todo and live:  # another round if a chunk came back after the other slots finished
-        await asyncio.gather(*(slot(k) for k in sorted(live) for _ in range(in_flight)))
-    for i in todo:
-        results[i] = _chunk_error(chunks[i], judge_name, last_error[0])
-        on_done(i)
-    return results
+    if total:
+        await asyncio.gather(*(slot(k) for k in range(len(handles)) for _ in range(in_flight)))
+    while len(results) < total:  # no actor is left: what remains (or is yet to come) is an error
+        item = await queue.get()
+        if item is not None:
+            finish(item[0], _chunk_error(item[1], judge_name, last_error[0]))
+    return [results[i] for i in range(total)]
 
 
 def _actor_error(e: Exception) -> str:
@@ -393,8 +409,9 @@ class SamplerPool:
                             "run the same command with --resume (on a cluster, once its nodes are back, or "
                             "with sampler.resources that the remaining nodes offer)", e.restarting) from None
 
-    def generate(self, chunks: list[tuple], on_done: Callable[[int], None] = lambda i: None) -> list[list[Sample]]:
-        """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i)` as each finishes.
+    def generate(self, chunks: list[tuple], on_done: Callable[[int, list[Sample]], None] = lambda i, part: None
+                 ) -> list[list[Sample]]:
+        """`generate(*chunk)` for every chunk; results in chunk order, `on_done(i, samples)` as each finishes.
 
         A replica that dies mid-chunk is restarted by Ray (max_restarts): it gets the current
         adapter again (version and checksum verified) and its chunk is sampled again, on it or,
@@ -409,7 +426,7 @@ class SamplerPool:
             for i, result in self.calls.each_settled(futures):
                 if not isinstance(result, ActorLost):
                     results[i] = result
-                    on_done(i)
+                    on_done(i, result)
                     continue
                 if i in retried:
                     raise ActorLost(f"sampler {replica[i]} died twice on the same chunk ({result}); run the same "
@@ -482,7 +499,7 @@ class SamplerPool:
 
 
 class JudgePool:
-    """The judge actors: chunks with back-pressure (judge_pool), and their usage counters."""
+    """The judge actors: chunks with back-pressure (judge_queue), and their usage counters."""
 
     def __init__(self, handles: list, in_flight: int, name: str):
         self.handles, self.in_flight, self.name = handles, in_flight, name
@@ -493,7 +510,14 @@ class JudgePool:
         return asyncio.run(self._judge(chunks, on_done))
 
     async def _judge(self, chunks, on_done):
-        parts = await judge_pool(self.handles, chunks, self.in_flight, self.name, on_done)
+        queue: asyncio.Queue = asyncio.Queue()
+        for item in enumerate(chunks):
+            queue.put_nowait(item)
+        return await self.judge_queue(queue, len(chunks), on_done)
+
+    async def judge_queue(self, queue: asyncio.Queue, total: int, on_done: Callable[[int], None] = lambda i: None):
+        """As judge(), for `total` chunks arriving on `queue` as (index, chunk) while judging runs."""
+        parts = await judge_queue(self.handles, queue, total, self.in_flight, self.name, on_done)
         reports = await asyncio.gather(*(h.take_usage.remote() for h in self.handles), return_exceptions=True)
         usage: dict[str, float] = {}
         for report in reports:  # a dead actor's counters are lost with it; the judgments are not

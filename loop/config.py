@@ -90,7 +90,7 @@ class SamplerConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per sampler actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per sampler actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; phases never overlap).")
+    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; sampling and learning never overlap).")
     vllm: VLLMSamplerOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
 
     @property
@@ -125,6 +125,9 @@ class JudgingConfig(Strict):
     max_error_rate: float = Field(
         0.2, ge=0, le=1, description="Stop the run when more than this fraction of judgments fail."
     )
+    streaming: bool = Field(
+        True, description="Judge each chunk as soon as its samples are sampled, while sampling goes on (the same "
+        "chunks, so the same judgments, as judging after sampling); false: one phase after the other.")
 
 
 class LearnerConfig(Strict):
@@ -146,7 +149,7 @@ class LearnerConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; phases never overlap).")
+    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; sampling and learning never overlap).")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "LearnerConfig":
@@ -262,10 +265,11 @@ class RunConfig(Strict):
 # Fields that may change when a run is resumed: how long it runs, where Ray lives, where metrics go.
 RESUMABLE_CHANGES = ("iterations", "ray", "tracking")
 # Where actors run and how many there are may change on resume (a node is gone; the cluster
-# grew): the chunks are seeded by their content, so none of these changes a result.
+# grew), and whether judging overlaps sampling: the chunks are seeded by their content and
+# judged in the same groups either way, so none of these changes a result.
 PLACEMENT_FIELDS = {
     "sampler": ("replicas", "num_cpus", "num_gpus", "resources"),
-    "judging": ("actors", "in_flight", "num_cpus", "num_gpus", "resources"),
+    "judging": ("actors", "in_flight", "num_cpus", "num_gpus", "resources", "streaming"),
     "learner": ("num_cpus", "num_gpus", "resources"),
 }
 

@@ -8,6 +8,7 @@ on in-process objects (LocalActors).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
 
@@ -80,15 +81,15 @@ class Cycle:
         return self.store.read_metrics()
 
     def iteration(self, i: int, first_step: str) -> None:
-        if first_step == "sample":
-            prompts, samples = self.sample_step(i)
+        if first_step == "sample" and self.cfg.judging.streaming:
+            prompts, samples, judgments = self.sample_and_judge_step(i)
         else:
-            prompts, samples = self.store.load_samples(i)
-        if first_step == "learn":
-            judgments = self.store.load_judgments(i)
-            self.check_errors(i, judgments)
-        else:
-            judgments = self.judge_step(i, prompts, samples, retry_failed=first_step == "judge")
+            prompts, samples = self.sample_step(i) if first_step == "sample" else self.store.load_samples(i)
+            if first_step == "learn":
+                judgments = self.store.load_judgments(i)
+                self.check_errors(i, judgments)
+            else:
+                judgments = self.judge_step(i, prompts, samples, retry_failed=first_step == "judge")
         self.learn(i, prompts, samples, judgments)
         if self.tracking:
             self.tracking.log_iteration(i, self.store.read_metrics()[-1], prompts, samples, judgments)
@@ -101,6 +102,27 @@ class Cycle:
         self.store.save_samples(i, prompts, samples)
         self.save_state(i, "sample")
         return prompts, samples
+
+    def sample_and_judge_step(self, i: int) -> tuple[list[Prompt], list[Sample], list[Judgment]]:
+        """The sample and judge steps overlapped (judging.streaming), each saved and recorded
+        as the steps one after the other are: the samples as soon as sampling ends, while the
+        judges are still at work."""
+        self.pending = {}
+        prompts = [self.prompts[j] for j in self.stream.next_batch()]
+        self.actors.samplers.ensure(self.adapter)
+
+        def sampled(samples: list[Sample], elapsed: float) -> None:
+            self.pending.update(sample_s=elapsed, n_prompts=len(prompts), **sample_metrics(samples))
+            self.store.save_samples(i, prompts, samples)
+            self.save_state(i, "sample")
+
+        samples, judgments, extra = stream_prompts(self.actors.samplers, self.actors.judges, self.cfg, prompts,
+                                                   self.state.base + i, sampled)
+        self.pending.update(**extra, **judgment_metrics(judgments))
+        self.store.save_judgments(i, judgments)
+        self.check_errors(i, judgments)  # on failure the state stays at "sample", as judge_step leaves it
+        self.save_state(i, "judge")
+        return prompts, samples, judgments
 
     def sample(self, prompts: list[Prompt], step: int, n: int | None = None) -> list[Sample]:
         """n (default samples_per_prompt) responses per prompt from the current adapter;
@@ -179,15 +201,84 @@ class Cycle:
         print(summary_line(metrics, self.cfg.iterations, self.store.read_metrics()), flush=True)
 
 
+def sampler_chunks(cfg: RunConfig, prompts: list[Prompt], step: int, n: int | None = None) -> list[tuple]:
+    """The sampler calls for `prompts`: each chunk is seeded by (seed, step, offset), so which
+    replica samples it does not matter."""
+    size = cfg.sampler.batch_size
+    return [(prompts[s : s + size], step, _seed(cfg.seed, step, s), n) for s in range(0, len(prompts), size)]
+
+
 def sample_prompts(samplers: SamplerPool, cfg: RunConfig, prompts: list[Prompt], step: int,
                    n: int | None = None) -> tuple[list[Sample], float]:
     """Every prompt's responses, in prompt order, chunked over the sampler replicas, and the
-    seconds it took. Each chunk is seeded by (seed, step, offset), so replicas do not matter."""
-    size = cfg.sampler.batch_size
-    chunks = [(prompts[s : s + size], step, _seed(cfg.seed, step, s), n) for s in range(0, len(prompts), size)]
+    seconds it took."""
+    chunks = sampler_chunks(cfg, prompts, step, n)
     with phase("sampling", len(prompts), "prompt") as bar:
-        parts = samplers.generate(chunks, lambda c: bar.update(len(chunks[c][0])))
+        parts = samplers.generate(chunks, lambda c, part: bar.update(len(chunks[c][0])))
     return [s for part in parts for s in part], bar.elapsed
+
+
+def judge_chunks(cfg: RunConfig, prompts: list[Prompt], samples: list[Sample]) -> list[tuple]:
+    """The judge calls for `samples`: runs of judging.chunk_size, in sample order."""
+    by_id = {p.id: p for p in prompts}
+    size = cfg.judging.chunk_size
+    return [([by_id[s.prompt_id] for s in samples[c : c + size]], samples[c : c + size])
+            for c in range(0, len(samples), size)]
+
+
+def stream_prompts(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], step: int,
+                   on_sampled) -> tuple[list[Sample], list[Judgment], dict]:
+    """Sampling and judging overlapped: each judge chunk goes to the judges as soon as the
+    sampler chunks holding its samples are done, while the rest is still being sampled. The
+    judge chunks are the ones judging after sampling makes (the same samples in the same
+    groups), so the judgments are too. `on_sampled(samples, seconds)` runs once sampling is
+    done, while judging goes on. Returns the samples, the judgments and the judge metrics."""
+    return asyncio.run(_stream(samplers, judges, cfg, prompts, step, on_sampled))
+
+
+async def _stream(samplers, judges, cfg, prompts, step, on_sampled):
+    loop = asyncio.get_running_loop()
+    chunks = sampler_chunks(cfg, prompts, step)
+    per, size = cfg.sampler.samples_per_prompt, cfg.judging.chunk_size
+    total = len(prompts) * per
+    slots: list[Sample | None] = [None] * total
+    missing = [min(size, total - c) for c in range(0, total, size)]  # samples each judge chunk still waits for
+    queue: asyncio.Queue = asyncio.Queue()
+    judge_start: list[float] = []
+
+    def arrived(c: int, part: list[Sample]) -> None:  # on the event loop, as each sampler chunk ends
+        offset = c * cfg.sampler.batch_size * per  # every prompt has `per` samples, in prompt order
+        for k, sample in enumerate(part[: len(chunks[c][0]) * per]):
+            slots[offset + k] = sample
+            j = (offset + k) // size
+            missing[j] -= 1
+            if missing[j] == 0:
+                judge_start[:] = judge_start or [time.perf_counter()]
+                queue.put_nowait((j, judge_chunks(cfg, prompts, slots[j * size : (j + 1) * size])[0]))
+
+    with phase("sampling", len(prompts), "prompt") as sample_bar, phase("judging", total, "sample") as judge_bar:
+        def done(c: int, part: list[Sample]) -> None:  # on the sampling thread
+            loop.call_soon_threadsafe(arrived, c, part)
+            sample_bar.update(len(chunks[c][0]))
+
+        judging = asyncio.ensure_future(judges.judge_queue(queue, len(missing), lambda j: judge_bar.update(
+            min(size, total - j * size))))
+        try:
+            await loop.run_in_executor(None, samplers.generate, chunks, done)
+        except BaseException:
+            judging.cancel()
+            raise
+        await asyncio.sleep(0)  # the last chunk's arrival, queued by the sampling thread, runs first
+        sample_s = time.perf_counter() - sample_bar.start
+        if None in slots:  # a sampler broke its contract of `per` samples per prompt
+            judging.cancel()
+            raise AssertionError(f"the samplers returned {total - slots.count(None)} of {total} samples")
+        on_sampled(list(slots), sample_s)
+        parts, usage = await judging
+    by_id = {j.sample_id: j for part in parts for j in part}
+    judgments = [by_id[s.id] for s in slots]
+    return slots, judgments, {"judge_s": judge_bar.elapsed - (judge_start[0] - judge_bar.start if judge_start else 0),
+                              "sample_judge_s": judge_bar.elapsed, **usage}
 
 
 def judge_samples(judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], samples: list[Sample],
@@ -196,9 +287,7 @@ def judge_samples(judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], samp
     `previous` (an earlier attempt), its successful judgments are kept and only the rest judged."""
     kept = {j.sample_id: j for j in previous or () if j.error is None}
     todo = [s for s in samples if s.id not in kept]
-    by_id = {p.id: p for p in prompts}
-    size = cfg.judging.chunk_size
-    chunks = [([by_id[s.prompt_id] for s in todo[c : c + size]], todo[c : c + size]) for c in range(0, len(todo), size)]
+    chunks = judge_chunks(cfg, prompts, todo)
     with phase("judging", len(todo), "sample") as bar:
         parts, usage = judges.judge(chunks, lambda c: bar.update(len(chunks[c][1])))
     fresh = {j.sample_id: j for part in parts for j in part}
