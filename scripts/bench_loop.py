@@ -1,0 +1,93 @@
+"""Where an iteration's time goes, with judging after sampling and judging overlapped with it
+(judging.streaming), against a judge with real latency: the local fake OpenAI-compatible
+server answering every request after `--latency-s` (2 s by default, as a hosted model).
+
+    python scripts/bench_loop.py                        # quickstart prompts, 2 iterations per mode
+    python scripts/bench_loop.py --latency-s 1 --iterations 3
+
+Each mode is a full `alignloop run` on a local Ray instance (the embedded model, the same seed
+and prompts); the table shows the per-phase times the runs recorded (mean over iterations
+after the first, whose sampling also warms up), and how the sample+judge wall time compares
+with the slower of the two phases (1.00: judging entirely hidden behind sampling, or the
+reverse; the sum of both: no overlap). The artifacts of both modes are compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_judges import serve  # noqa: E402
+from side_by_side import run_variants  # noqa: E402
+
+OUT = Path("runs/bench-loop")
+
+
+def judge_override(url: str, concurrency: int) -> str:
+    return "judge=" + json.dumps({"type": "openai", "model": "bench", "base_url": url, "api_key_env": None,
+                                  "cache": False, "concurrency": concurrency, "max_retries": 0, "timeout_s": 60})
+
+
+def same_artifacts(a: Path, b: Path) -> bool:
+    names = ["prompts.jsonl", "samples.jsonl", "adapter/adapter_model.safetensors"]
+    for d in sorted(a.glob("iter-*")):
+        if any((d / n).read_bytes() != (b / d.name / n).read_bytes() for n in names):
+            return False
+        strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "latency_s"}  # noqa: E731
+                           for line in p.read_text().splitlines()]
+        if strip(d / "judgments.jsonl") != strip(b / d.name / "judgments.jsonl"):
+            return False
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency-s", type=float, default=2.0)
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per judge actor")
+    args = ap.parse_args()
+
+    urls, stop = mp.Queue(), mp.Event()
+    server = mp.Process(target=serve, args=(args.latency_s, urls, stop), daemon=True)
+    server.start()
+    url = urls.get(timeout=30)
+    # Small sampler and judge chunks, so there is something to overlap within an iteration.
+    common = [judge_override(url, args.concurrency), f"iterations={args.iterations}",
+              f"data.prompts_per_iteration={args.prompts}", "sampler.batch_size=2", "sampler.max_new_tokens=48",
+              "judging.chunk_size=4", "judging.in_flight=2", "learner.epochs=1"]
+    variants = {"sequential": ["judging.streaming=false"], "streaming": ["judging.streaming=true"]}
+    try:
+        results, wall = run_variants(ROOT / "configs/quickstart.yaml", variants, OUT, common, overwrite=True)
+    finally:
+        stop.set()
+        server.join(timeout=10)
+
+    def mean(rows, key):
+        rows = rows[1:] or rows
+        return sum(r.get(key, 0) for r in rows) / len(rows)
+
+    print(f"\n{os.cpu_count()} cores; judge latency {args.latency_s} s per request, "
+          f"{args.concurrency} in flight per judge actor; {args.prompts} prompts x 4 samples per iteration\n")
+    print("| mode | sample s | judge s | sample+judge wall s | wall / slower phase | learn s | iteration wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        sample, judge, learn = mean(rows, "sample_s"), mean(rows, "judge_s"), mean(rows, "learn_s")
+        both = mean(rows, "sample_judge_s") if name == "streaming" else sample + judge
+        iteration = both + learn + mean(rows, "publish_s")
+        print(f"| {name} | {sample:.1f} | {judge:.1f} | {both:.1f} | {both / max(sample, judge):.2f} | {learn:.1f} | "
+              f"{iteration:.1f} |")
+    print(f"\nartifacts identical across modes: {same_artifacts(OUT / 'sequential', OUT / 'streaming')}")
+    print("run wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
+
+
+if __name__ == "__main__":
+    main()
