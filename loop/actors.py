@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence

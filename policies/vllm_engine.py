@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from policies.model import Reply
 
 # The only values vLLM 0.32 accepts for max_lora_rank.
 MaxLoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]

@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from tests.integration.test_loop import alignloop, artifacts, finish, state_of, wait_for, write_config
+from tests.helpers import alignloop, artifacts, assert_same, finish, state_of, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +61,6 @@ def kill_when(proc, run_dir, states, title):
     process, state = target[-1]
     process.send_signal(signal.SIGKILL)
     return state
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a["state"]["adapter_checksum"] == b["state"]["adapter_checksum"]
-    assert a["iters"].keys() == b["iters"].keys()
-    for name in a["iters"]:
-        for key in a["iters"][name]:
-            assert a["iters"][name][key] == b["iters"][name][key], f"{name}/{key} differs"
 
 
 def test_a_sampler_killed_mid_chunk_is_restarted_and_its_chunk_sampled_again(tmp_path, tiny_model, reference):

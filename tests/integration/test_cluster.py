@@ -142,8 +142,7 @@ def test_job_submit_runs_merges_the_jobs_runtime_env_and_keeps_the_key_out(clust
 def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tmp_path):
     """`ray job stop` in the middle of a run (the job's driver goes, its actors with it), then
     the same job submitted again with --resume: the run ends as an uninterrupted one."""
-    from tests.integration.test_actor_death import assert_same, wait_for
-    from tests.integration.test_loop import artifacts, state_of
+    from tests.helpers import artifacts, assert_same, state_of, wait_for
 
     _, env = cluster
     prompts = write_prompts(tmp_path / "p.jsonl", n=8)
@@ -190,8 +189,7 @@ def test_a_worker_node_removed_mid_run_stops_cleanly_and_resume_on_the_rest_comp
     the artifacts of an uninterrupted run."""
     import psutil
 
-    from tests.integration.test_actor_death import assert_same, wait_for
-    from tests.integration.test_loop import artifacts, state_of
+    from tests.helpers import artifacts, assert_same, state_of, wait_for
 
     d, env = cluster
     prompts = write_prompts(tmp_path / "p.jsonl", n=8)

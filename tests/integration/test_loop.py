@@ -16,48 +16,10 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config, write_prompts
+from tests.helpers import alignloop, artifacts, finish, state_of, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_config(tmp_path: Path, tiny_model: Path, name: str, **over) -> Path:
-    prompts = tmp_path / "prompts.jsonl"
-    if not prompts.exists():
-        write_prompts(prompts, n=6)
-    cfg = tiny_config(tiny_model, prompts, tmp_path / name, **over)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def alignloop(*args, **kw) -> subprocess.Popen:
-    # PYTHONPATH: the Ray workers (which inherit this environment) import the tests' plugin judge.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "loop.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env, **kw)
-
-
-def finish(proc: subprocess.Popen, timeout=600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-def artifacts(run_dir: Path) -> dict:
-    """Everything a run produced that must not depend on interruptions (timings excluded)."""
-    out = {}
-    for d in sorted(run_dir.glob("iter-*")):
-        out[d.name] = {
-            "prompts": (d / "prompts.jsonl").read_text(),
-            "samples": (d / "samples.jsonl").read_text(),
-            "judgments": [{k: v for k, v in json.loads(l).items() if k != "latency_s"}
-                          for l in (d / "judgments.jsonl").read_text().splitlines()],
-            "adapter": (d / "adapter" / "adapter_model.safetensors").read_bytes(),
-            "metrics": {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if not k.endswith("_s")},
-        }
-    state = json.loads((run_dir / "state.json").read_text())
-    return {"iters": out, "state": state}
 
 
 def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
@@ -105,24 +67,6 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     assert not (store.iter_dir(1) / "learner_state.pt").exists() and (store.iter_dir(2) / "learner_state.pt").exists()
     out = subprocess.run([sys.executable, "-m", "loop.cli", "status", str(store.root)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "2 iteration(s) complete" in out.stdout
-
-
-def wait_for(predicate, proc, timeout=300):
-    start = time.time()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before the kill point:\n{proc.stdout.read()}")
-        if time.time() - start > timeout:
-            raise AssertionError("kill point never reached")
-        time.sleep(0.01)
-
-
-def state_of(run_dir: Path):
-    try:
-        s = json.loads((run_dir / "state.json").read_text())
-        return s["iteration"], s["step"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 # Each kill point holds for seconds, so the test cannot miss it: the slow judge keeps the run

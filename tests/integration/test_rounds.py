@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import WORDS, tiny_config
-from tests.integration.test_loop import alignloop, artifacts, state_of, wait_for
+from tests.helpers import alignloop, artifacts, state_of, wait_for
 
 pytestmark = pytest.mark.integration
 

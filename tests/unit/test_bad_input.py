@@ -106,7 +106,7 @@ def test_settings_that_cannot_work_are_config_errors_before_ray(tmp_path):
 def finished_run(tmp_path_factory, tiny_model) -> tuple[Path, dict]:
     """A real two-iteration run (in-process, the tiny model) to damage in copies."""
     from tests.conftest import tiny_config, write_prompts
-    from tests.unit.test_tracking import run_in_process
+    from tests.helpers import run_in_process
 
     tmp = tmp_path_factory.mktemp("finished")
     raw = tiny_config(tiny_model, write_prompts(tmp / "p.jsonl"), tmp / "run", iterations=2,

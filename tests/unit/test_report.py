@@ -13,7 +13,7 @@ import pytest
 
 from loop.config import validate_config
 from tests.conftest import tiny_config, write_prompts
-from tests.unit.test_tracking import run_in_process
+from tests.helpers import run_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

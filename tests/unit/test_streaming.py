@@ -12,8 +12,8 @@ from loop.actors import judge_queue
 from loop.config import validate_config
 from records import Judgment
 from tests.conftest import tiny_config, write_prompts
-from tests.integration.test_loop import artifacts
-from tests.unit.test_tracking import run_in_process
+from tests.helpers import artifacts
+from tests.helpers import run_in_process
 
 SLOW = {"type": "python", "target": "tests.judge_fakes:SlowRules", "options": {"delay_s": 0.2, "max_words": 4}}
 

@@ -9,23 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from loop.actors import LocalActors
 from loop.config import ConfigError, validate_config
-from loop.cycle import Cycle
-from loop.data import load_prompts
-from loop.store import prepare_run_dir
-from loop.tracking import Tracking, check_backends, scalars
+from loop.tracking import check_backends, scalars
 from tests.conftest import tiny_config, write_prompts
-
-
-def run_in_process(cfg) -> list[dict]:
-    store = prepare_run_dir(cfg, resume=True, overwrite=False)
-    actors, tracking = LocalActors(cfg), Tracking(cfg, store)
-    try:
-        return Cycle(cfg, store, actors, load_prompts(cfg.data.path), tracking).run()
-    finally:
-        tracking.close()
-        actors.shutdown()
+from tests.helpers import run_in_process
 
 
 def scalar_steps(log_dir: Path, tag: str) -> list[tuple[int, float]]:
