@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load as load_safetensors
 
 from records import Prompt, Sample
@@ -22,7 +23,7 @@ class HFSampler:
         # Each actor resolves the model on its own node (an embedded model is converted once
         # per machine), so nothing assumes a filesystem shared with the driver.
         model_path = resolve_model_path(model_cfg.path)
-        # Phases never overlap, so by default an actor uses every core of its node (Ray would
+        # Sampling and learning never overlap, so by default an actor uses every core of its node (Ray would
         # otherwise pin it to OMP_NUM_THREADS=1).
         torch.set_num_threads(sampler_cfg.threads or os.cpu_count() or 1)
         self.cfg = sampler_cfg
@@ -34,6 +35,7 @@ class HFSampler:
         self.version: int | None = None
         self.checksum: str | None = None
         self._adapter_config: dict | None = None
+        self._base: dict = {}
 
     # weights -------------------------------------------------------------------------------
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:
@@ -43,15 +45,28 @@ class HFSampler:
         if self._adapter_config is None:
             self.model = PeftModel.from_pretrained(self.model, path).eval()
             self._adapter_config = payload.config
+            # The base weights of the adapted layers, to go back to them exactly (subtracting
+            # the old delta would drift, and a restarted replica would sample differently).
+            self._base = {m: m.get_base_layer().weight.detach().clone() for m in self._lora_layers()} \
+                if self.cfg.merge_adapter else {}
         elif payload.config != self._adapter_config:
             raise AdapterMismatch(f"adapter v{payload.version} has a different LoRA config than the one served")
         else:
+            if self._base:
+                self.model.unmerge_adapter()  # PEFT's bookkeeping; the weights are then put back exactly
+                for m, weight in self._base.items():
+                    m.get_base_layer().weight.data.copy_(weight)
             set_peft_model_state_dict(self.model, load_safetensors(payload.weights))
+        if self._base:
+            self.model.merge_adapter()  # W0 + scale * B @ A once, instead of a LoRA branch per token
         for old in self.workdir.glob("adapter-v*"):
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
         self.version, self.checksum = payload.version, payload.checksum
         return self.serving()
+
+    def _lora_layers(self) -> list:
+        return [m for m in self.model.modules() if isinstance(m, LoraLayer)]
 
     def serving(self) -> tuple[int | None, str | None]:
         return self.version, self.checksum

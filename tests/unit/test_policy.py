@@ -162,3 +162,31 @@ def test_sampler_workdirs_live_in_the_cache_and_dead_samplers_dirs_are_removed(t
     assert mine.parent == tmp_path / "samplers" and mine.name.startswith(f"{__import__('os').getpid()}-")
     assert not left.exists(), "a dead sampler's adapter copies are cleaned up on the next start"
     assert sampler_workdir().exists() and mine.exists(), "a live process's directory stays"
+
+
+def test_a_merged_adapter_samples_as_the_unmerged_one_and_versions_swap_exactly(cfg, tmp_path):
+    """merge_adapter (the default) folds the LoRA into the weights: the log-probs are the
+    unmerged adapter's (to float rounding), and a replica that served v0 then v1 samples v2
+    bit for bit as a fresh replica (a restarted actor) that loads v2 alone."""
+    learner = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
+    payloads = []
+    for v in range(3):
+        with torch.no_grad():
+            for p in learner.params:
+                p.add_(0.05 * torch.randn_like(p))
+        learner.version = v
+        payloads.append(learner.export())
+    unmerged_cfg = cfg.sampler.model_copy(update={"merge_adapter": False})
+    served, fresh = (HFSampler(cfg.model, cfg.sampler, workdir=str(tmp_path / d)) for d in ("a", "b"))
+    unmerged = HFSampler(cfg.model, unmerged_cfg, workdir=str(tmp_path / "c"))
+    for p in payloads:
+        served.load_adapter(p)
+    fresh.load_adapter(payloads[2])
+    unmerged.load_adapter(payloads[2])
+    a, b, c = (s.generate(PROMPTS, 1, seed=5) for s in (served, fresh, unmerged))
+    assert served._lora_layers() and all(m.merged for m in served._lora_layers())
+    assert a == b, "swapping versions must restore the base weights exactly"
+    assert [s.token_ids for s in a] == [s.token_ids for s in c]
+    for x, y in zip(a, c):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
+    assert not any(isinstance(m, torch.nn.Module) and getattr(m, "merged", False) for m in unmerged.model.modules())
