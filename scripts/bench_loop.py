@@ -10,6 +10,10 @@ and prompts); the table shows the per-phase times the runs recorded (mean over i
 after the first, whose sampling also warms up), and how the sample+judge wall time compares
 with the slower of the two phases (1.00: judging entirely hidden behind sampling, or the
 reverse; the sum of both: no overlap). The artifacts of both modes are compared byte for byte.
+The judge passes a response of at most 40 words (the quickstart's rule, behind the server), so
+SFT has rows to learn from, and the learn phase of the streaming run's last iteration is set
+against a raw transformers + PEFT forward and backward over the same rows, in the same
+micro-batches, with the same LoRA.
 """
 
 from __future__ import annotations
@@ -19,16 +23,66 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_judges import serve  # noqa: E402
 from side_by_side import run_variants  # noqa: E402
 
 OUT = Path("runs/bench-loop")
+
+
+def serve(latency_s: float, urls, stop) -> None:
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(latency_s=latency_s, max_words=40) as server:
+        urls.put(server.url)
+        stop.wait()
+
+
+def raw_learn_s(run_dir: Path, iteration: int) -> tuple[float, int]:
+    """Seconds for a plain forward+backward+step loop over the rows SFT trained on in that
+    iteration (its positives), and how many rows: the floor the learn phase is measured against."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from loop.config import load_config
+    from loop.store import RunStore
+    from policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path
+
+    cfg = load_config(run_dir / "config.yaml")
+    store = RunStore(run_dir)
+    prompts, samples = store.load_samples(iteration)
+    judgments = store.load_judgments(iteration)
+    by_id = {p.id: p for p in prompts}
+    path = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(path)
+    rows = [(render_prompt(tokenizer, by_id[s.prompt_id].messages), s.token_ids)
+            for s, j in zip(samples, judgments) if j.verdict == "positive"]
+    lora = cfg.model.lora
+    model = get_peft_model(load_model(path, cfg.model.dtype, "cpu"),
+                           LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                      target_modules=list(lora.target_modules)))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learner.lr)
+    mini, micro = cfg.learner.minibatch_size, cfg.learner.micro_batch_size
+    pad = tokenizer.pad_token_id
+    start = time.perf_counter()
+    for _ in range(cfg.learner.epochs):
+        for m in range(0, len(rows), mini):
+            for u in range(m, min(m + mini, len(rows)), micro):
+                part = rows[u : min(u + micro, m + mini, len(rows))]
+                width = max(len(p) + len(r) for p, r in part)
+                ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in part])
+                labels = torch.tensor([[-100] * len(p) + r + [-100] * (width - len(p) - len(r)) for p, r in part])
+                mask = (torch.arange(width)[None, :] < torch.tensor([len(p) + len(r) for p, r in part])[:, None]).long()
+                (model(input_ids=ids, attention_mask=mask, labels=labels).loss * len(part) / mini).backward()
+            opt.step()
+            opt.zero_grad()
+    return time.perf_counter() - start, len(rows)
 
 
 def judge_override(url: str, concurrency: int) -> str:
@@ -86,6 +140,10 @@ def main() -> None:
         print(f"| {name} | {sample:.1f} | {judge:.1f} | {both:.1f} | {both / max(sample, judge):.2f} | {learn:.1f} | "
               f"{iteration:.1f} |")
     print(f"\nartifacts identical across modes: {same_artifacts(OUT / 'sequential', OUT / 'streaming')}")
+    last = results["streaming"][-1]
+    raw, n = raw_learn_s(OUT / "streaming", args.iterations)
+    print(f"learn phase of iteration {args.iterations}: {last['learn_s']:.1f} s for {last.get('n_train')} rows; raw "
+          f"forward+backward+step over the same {n} rows: {raw:.1f} s ({last['learn_s'] / raw:.2f}x)")
     print("run wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
 
 

@@ -23,7 +23,8 @@ with probability `fault_rate`. Every request is logged with the sample it was fo
 fault it got, so a test can work out exactly how many requests each sample should cost.
 
 The verdict is deterministic: a response containing "good" is satisfactory (score 9),
-anything else unsatisfactory (score 3).
+anything else unsatisfactory (score 3); with `max_words`, a response of at most that many
+words is satisfactory instead (a rule check with an API's latency, for benchmarks).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class Logged:
 
 class FakeOpenAIServer:
     def __init__(self, latency_s: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
-                 retry_after: str = "0", slow_s: float = 1.0, port: int = 0):
+                 retry_after: str = "0", slow_s: float = 1.0, port: int = 0, max_words: int | None = None):
         self.latency_s, self.fault_rate, self.faults = latency_s, fault_rate, tuple(faults)
+        self.max_words = max_words
         self.retry_after, self.slow_s = retry_after, slow_s
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -140,16 +142,16 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def judgment_for(user: str) -> dict:
+def judgment_for(user: str, max_words: int | None = None) -> dict:
     m = _RESPONSE.search(user)
     response = m.group(2) if m else user
-    if "good" in response:
+    if ("good" in response) if max_words is None else len(response.split()) <= max_words:
         return {"critique": "The response is perfect.", "verdict": "satisfactory", "score": 9}
     return {"critique": "The response is vague and misses the point.", "verdict": "unsatisfactory", "score": 3}
 
 
-def reply_content(fault: str, user: str) -> str:
-    obj = json.dumps(judgment_for(user))
+def reply_content(fault: str, user: str, max_words: int | None = None) -> str:
+    obj = json.dumps(judgment_for(user, max_words))
     return {
         "badjson": obj[: len(obj) // 2],
         "prose": "Overall I think the response is mostly fine, though it could be better.",
@@ -201,7 +203,7 @@ def _handler(server: FakeOpenAIServer):
                 return self.send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess')
             if fault == "slow":
                 time.sleep(server.slow_s)
-            content = reply_content(fault, user)
+            content = reply_content(fault, user, server.max_words)
             prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
             completion_tokens = len(content.split())
             with server.lock:
