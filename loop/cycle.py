@@ -95,9 +95,13 @@ class Cycle:
             self.tracking.log_iteration(i, self.store.read_metrics()[-1], prompts, samples, judgments)
 
     # steps -----------------------------------------------------------------------------------
-    def sample_step(self, i: int) -> tuple[list[Prompt], list[Sample]]:
+    def next_prompts(self) -> list[Prompt]:
+        """The next iteration's prompts; its metrics start empty."""
         self.pending = {}
-        prompts = [self.prompts[j] for j in self.stream.next_batch()]
+        return [self.prompts[j] for j in self.stream.next_batch()]
+
+    def sample_step(self, i: int) -> tuple[list[Prompt], list[Sample]]:
+        prompts = self.next_prompts()
         samples = self.sample(prompts, self.state.base + i)
         self.store.save_samples(i, prompts, samples)
         self.save_state(i, "sample")
@@ -107,8 +111,7 @@ class Cycle:
         """The sample and judge steps overlapped (judging.streaming), each saved and recorded
         as the steps one after the other are: the samples as soon as sampling ends, while the
         judges are still at work."""
-        self.pending = {}
-        prompts = [self.prompts[j] for j in self.stream.next_batch()]
+        prompts = self.next_prompts()
         self.actors.samplers.ensure(self.adapter)
 
         def sampled(samples: list[Sample], elapsed: float) -> None:
@@ -119,9 +122,7 @@ class Cycle:
         samples, judgments, extra = stream_prompts(self.actors.samplers, self.actors.judges, self.cfg, prompts,
                                                    self.state.base + i, sampled)
         self.pending.update(**extra, **judgment_metrics(judgments))
-        self.store.save_judgments(i, judgments)
-        self.check_errors(i, judgments)  # on failure the state stays at "sample", as judge_step leaves it
-        self.save_state(i, "judge")
+        self.record_judgments(i, judgments)
         return prompts, samples, judgments
 
     def sample(self, prompts: list[Prompt], step: int, n: int | None = None) -> list[Sample]:
@@ -142,6 +143,11 @@ class Cycle:
         # Every request counts, the stopped attempt's too: its usage was saved with the state.
         for k, v in spent.items():
             self.pending[k] = self.pending.get(k, 0) + v
+        self.record_judgments(i, judgments)
+        return judgments
+
+    def record_judgments(self, i: int, judgments: list[Judgment]) -> None:
+        """Save the judgments, then check the error budget; only within it is the judge step done."""
         self.store.save_judgments(i, judgments)
         try:
             self.check_errors(i, judgments)
@@ -149,7 +155,6 @@ class Cycle:
             self.save_state(i, "sample")  # the step is not finished; its usage so far is kept
             raise
         self.save_state(i, "judge")
-        return judgments
 
     def judge(self, prompts: list[Prompt], samples: list[Sample], previous: list[Judgment] | None = None) -> list[Judgment]:
         """One judgment per sample, in sample order. With `previous` (an earlier attempt),
