@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import ray
+import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -363,17 +365,32 @@ class LocalCalls:
 
 class LocalHandle:
     """An in-process object behind Ray's handle API: `h.method.remote(*args)` runs the call at
-    once; a coroutine method returns its coroutine (awaited by the judge pool, like a ref)."""
+    once; a coroutine method returns its coroutine (awaited by the judge pool, like a ref).
+
+    The objects share one process, and sampling ahead calls them from two threads: their
+    calls take turns, each with the object's own torch RNG stream, as in an actor process of
+    its own, so a sampler's draw never depends on what the learner did meanwhile."""
+
+    _turn = threading.Lock()
 
     def __init__(self, obj):
-        self.obj = obj
+        self.obj, self.rng = obj, torch.get_rng_state()
 
     def __getattr__(self, name: str):
         fn = getattr(self.obj, name)
 
         def remote(*args):
             args = [a.value if isinstance(a, Done) else a for a in args]
-            return fn(*args) if asyncio.iscoroutinefunction(fn) else Done(fn(*args))
+            if asyncio.iscoroutinefunction(fn):
+                return fn(*args)
+            with self._turn:
+                shared = torch.get_rng_state()
+                torch.set_rng_state(self.rng)
+                try:
+                    return Done(fn(*args))
+                finally:
+                    self.rng = torch.get_rng_state()
+                    torch.set_rng_state(shared)
 
         return SimpleNamespace(remote=remote)
 

@@ -90,7 +90,7 @@ class SamplerConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per sampler actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per sampler actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; sampling and learning never overlap).")
+    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).")
     merge_adapter: bool = Field(
         True, description="hf: serve the LoRA merged into the weights (about 15% faster sampling on CPU; the adapted "
         "layers' base weights are kept once more, to swap versions exactly); false: apply it unmerged.")
@@ -152,7 +152,7 @@ class LearnerConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; sampling and learning never overlap).")
+    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "LearnerConfig":
@@ -162,6 +162,14 @@ class LearnerConfig(Strict):
                 f"({self.micro_batch_size}); set learner.micro_batch_size to a divisor of it"
             )
         return self
+
+
+class AsyncConfig(Strict):
+    max_staleness: int = Field(
+        0, ge=0, description="0: each iteration samples from the adapter the previous one learned. N >= 1: the "
+        "samplers run up to N iterations ahead of the learner (iteration i samples from the adapter of iteration "
+        "i-1-N while the learner trains i-1); the importance ratio of ppo/grpo corrects for the lag, sampling waits "
+        "rather than lag more (back-pressure), and a run is reproducible and resumable as a synchronous one.")
 
 
 class RayConfig(Strict):
@@ -226,6 +234,7 @@ class RunConfig(Strict):
     judge: JudgeConfig = Field(description="The judge backend, chosen by `type`.")
     judging: JudgingConfig = Field(default_factory=JudgingConfig, description="The judge actors and error budget.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Objective and optimisation.")
+    asynchronous: AsyncConfig = Field(default_factory=AsyncConfig, description="Sampling ahead of the learner (off by default).")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the actors run.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking: TensorBoard, W&B, MLflow.")
     round: RoundConfig = Field(default_factory=RoundConfig, description="Nightly rounds (`alignloop round`): series, new prompts, gate.")

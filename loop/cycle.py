@@ -9,6 +9,8 @@ on in-process objects (LocalActors).
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from contextlib import contextmanager
 
@@ -21,7 +23,7 @@ from loop.progress import phase, placement_line, summary_line
 from loop.preflight import attached, preflight_run
 from loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
 from loop.tracking import Tracking
-from policies.adapter import AdapterMismatch
+from policies.adapter import AdapterMismatch, AdapterPayload
 from policies.model import cache_dir, ensure_embedded, needs_conversion
 from policies.objectives.base import Example
 from records import Judgment, Prompt, Sample
@@ -42,6 +44,13 @@ class Cycle:
         )
         self.adapter: Exported | None = None
         self.pending: dict = dict(self.state.data.get("pending", {}))
+        # Sampling ahead (asynchronous.max_staleness): the sample and judge steps finished
+        # beyond the learner's last iteration, with their metrics, and the prompt stream's
+        # position after the last saved samples (what a resumed run draws from).
+        self.ahead: dict[int, dict] = {int(k): v for k, v in self.state.data.get("ahead", {}).items()}
+        self.stream_saved = self.state.data.get("stream")
+        self.adapters: dict[int, Exported] = {}  # run iteration -> the adapter it learned (0: the start)
+        self.lock = threading.Condition()
 
     @property
     def payload(self):
@@ -59,11 +68,25 @@ class Cycle:
                 f"restored adapter v{self.state.adapter_version} does not match the checksum in {self.store.state_path}"
             )
         self.actors.samplers.publish(self.adapter)
+        self.adapters = {self.state.last_learned(): self.adapter}
 
-    def save_state(self, iteration: int, step: str) -> None:
-        self.state.iteration, self.state.step = iteration, step
-        self.state.data = {"stream": self.stream.state(), "pending": self.pending}
-        self.store.save_state(self.state)
+    def save_state(self, iteration: int, step: str, adapter: AdapterPayload | None = None) -> None:
+        """Record `step` of `iteration` as finished (with `adapter`: the one it learned)."""
+        with self.lock:  # sampling ahead, the sample and learn steps finish on two threads
+            if adapter is not None:
+                self.state.adapter_version, self.state.adapter_checksum = adapter.version, adapter.checksum
+            if not self.cfg.asynchronous.max_staleness:
+                self.state.iteration, self.state.step = iteration, step
+                self.state.data = {"stream": self.stream.state(), "pending": self.pending}
+            elif step == "learn":
+                self.state.iteration, self.state.step = iteration, step
+                self.ahead.pop(iteration, None)
+            else:
+                self.ahead[iteration] = {"step": step, "pending": dict(self.pending)}
+                self.stream_saved = self.stream.state() if step == "sample" else self.stream_saved
+            if self.cfg.asynchronous.max_staleness:
+                self.state.data = {"stream": self.stream_saved, "ahead": {str(k): v for k, v in sorted(self.ahead.items())}}
+            self.store.save_state(self.state)
 
     # the loop --------------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -74,6 +97,9 @@ class Cycle:
         """From the step after the last finished one to the last iteration (after restore())."""
         if self.tracking:
             self.tracking.catch_up()
+        if self.cfg.asynchronous.max_staleness:
+            self.run_ahead()
+            return self.store.read_metrics()
         iteration, step = self.state.next_step()
         while iteration <= self.cfg.iterations:
             self.iteration(iteration, step)
@@ -81,16 +107,25 @@ class Cycle:
         return self.store.read_metrics()
 
     def iteration(self, i: int, first_step: str) -> None:
+        prompts, samples, judgments = self.sampled_and_judged(i, first_step)
+        adapter, learned = self.learn(i, prompts, samples, judgments)
+        self.publish(i, adapter, learned)
+        self.log(i, prompts, samples, judgments)
+
+    def sampled_and_judged(self, i: int, first_step: str) -> tuple[list[Prompt], list[Sample], list[Judgment]]:
+        """Iteration i's prompts, samples and judgments, from `first_step` on (the steps
+        before it are read back from the run directory)."""
         if first_step == "sample" and self.cfg.judging.streaming:
-            prompts, samples, judgments = self.sample_and_judge_step(i)
+            return self.sample_and_judge_step(i)
+        prompts, samples = self.sample_step(i) if first_step == "sample" else self.store.load_samples(i)
+        if first_step == "learn":
+            judgments = self.store.load_judgments(i)
+            self.check_errors(i, judgments)
         else:
-            prompts, samples = self.sample_step(i) if first_step == "sample" else self.store.load_samples(i)
-            if first_step == "learn":
-                judgments = self.store.load_judgments(i)
-                self.check_errors(i, judgments)
-            else:
-                judgments = self.judge_step(i, prompts, samples, retry_failed=first_step == "judge")
-        self.learn(i, prompts, samples, judgments)
+            judgments = self.judge_step(i, prompts, samples, retry_failed=first_step == "judge")
+        return prompts, samples, judgments
+
+    def log(self, i: int, prompts: list[Prompt], samples: list[Sample], judgments: list[Judgment]) -> None:
         if self.tracking:
             self.tracking.log_iteration(i, self.store.read_metrics()[-1], prompts, samples, judgments)
 
@@ -174,7 +209,9 @@ class Cycle:
                 f"which judges again only the {len(errors)} failed sample(s)"
             )
 
-    def learn(self, i: int, prompts: list[Prompt], samples: list[Sample], judgments: list[Judgment]) -> None:
+    def learn(self, i: int, prompts: list[Prompt], samples: list[Sample],
+              judgments: list[Judgment]) -> tuple[Exported, dict]:
+        """Train on iteration i; returns the new adapter and the learn metrics."""
         by_id = {p.id: p for p in prompts}
         # Samples without a signal (judge error or nothing said) never reach the objective.
         examples = [Example(by_id[s.prompt_id], s, j) for s, j in zip(samples, judgments) if j.has_signal]
@@ -185,25 +222,97 @@ class Cycle:
                 learner.step()
                 bar.update(1)
         learned = learner.finish(self.state.base + i)
-        self.publish(i, learner.export(), learned)
+        # How many versions behind the learner the samples' policy was (0 unless sampling ahead).
+        lag = self.state.adapter_version - min((s.policy_version for s in samples), default=self.state.adapter_version)
+        return learner.export(), {**learned, "policy_lag": lag}
 
     def publish(self, i: int, adapter: Exported, learned: dict) -> None:
         """Save the new adapter, send it to every sampler, then record the iteration as done."""
-        payload = adapter.payload
-        self.store.save_learned(i, payload, self.actors.learner.state_bytes())
+        self.store.save_learned(i, adapter.payload, self.actors.learner.state_bytes())
         t = time.perf_counter()
         self.actors.samplers.publish(adapter)
         self.adapter = adapter
-        metrics = {
-            "iteration": i, **self.pending, **learned, "adapter_version": payload.version,
-            "adapter_checksum": payload.checksum, "publish_s": time.perf_counter() - t,
-        }
-        self.store.write_metrics(i, metrics)
-        self.state.adapter_version, self.state.adapter_checksum = payload.version, payload.checksum
+        metrics = {**self.pending, **learned, "publish_s": time.perf_counter() - t}
         self.pending = {}
-        self.save_state(i, "learn")
+        self.record(i, adapter.payload, metrics)
+
+    def record(self, i: int, payload: AdapterPayload, metrics: dict) -> None:
+        """Iteration i is done: its metrics, then the state that says so."""
+        metrics = {"iteration": i, **metrics, "adapter_version": payload.version, "adapter_checksum": payload.checksum}
+        self.store.write_metrics(i, metrics)
+        self.save_state(i, "learn", payload)
         self.store.drop_old_learner_state(i)
         print(summary_line(metrics, self.cfg.iterations, self.store.read_metrics()), flush=True)
+
+    # sampling ahead --------------------------------------------------------------------------
+    def run_ahead(self) -> None:
+        """asynchronous.max_staleness N: a thread samples and judges iteration j from the
+        adapter of iteration j-1-N while the learner trains the iterations before j. The
+        adapter each iteration samples from is fixed by that schedule, never by timing, so a
+        run is reproducible, and sampling waits for the adapter it needs: the samplers are
+        never more than N versions behind the learner (back-pressure). Each step is saved as
+        it finishes, on either thread; a resumed run picks up both where they were."""
+        n, last = self.cfg.asynchronous.max_staleness, self.cfg.iterations
+        first = self.state.last_learned() + 1
+        if first == 1:
+            self.store.save_start_adapter(self.adapter.payload)
+        handoff: queue.Queue = queue.Queue()
+        stopped = threading.Event()
+
+        def produce() -> None:
+            try:
+                for j in range(first, last + 1):
+                    entry = self.ahead.get(j, {})
+                    first_step = {None: "sample", "sample": "judge", "judge": "learn"}[entry.get("step")]
+                    self.pending = dict(entry.get("pending", {}))
+                    load_s = self.serve_ahead(max(0, j - 1 - n), stopped) if first_step != "learn" else None
+                    if load_s is None and first_step != "learn":
+                        return  # the learner stopped
+                    prompts, samples, judgments = self.sampled_and_judged(j, first_step)
+                    handoff.put((prompts, samples, judgments, {**self.pending, "publish_s": load_s or 0.0}))
+            except BaseException as e:  # noqa: BLE001 - raised on the learner's thread, in order
+                handoff.put(e)
+
+        producer = threading.Thread(target=produce, name="alignloop-sampling-ahead", daemon=True)
+        producer.start()
+        try:
+            for i in range(first, last + 1):
+                item = handoff.get()
+                if isinstance(item, BaseException):
+                    raise item
+                prompts, samples, judgments, pending = item
+                adapter, learned = self.learn(i, prompts, samples, judgments)
+                self.store.save_learned(i, adapter.payload, self.actors.learner.state_bytes())
+                self.record(i, adapter.payload, {**pending, **learned})
+                with self.lock:
+                    self.adapters[i] = adapter
+                    self.lock.notify_all()
+                self.log(i, prompts, samples, judgments)
+        finally:
+            stopped.set()
+            with self.lock:
+                self.lock.notify_all()
+        producer.join()
+        # The run ends as a synchronous one does: every sampler serves its last adapter.
+        self.adapter = self.adapters[last]
+        self.actors.samplers.publish(self.adapter)
+
+    def serve_ahead(self, k: int, stopped: threading.Event) -> float | None:
+        """Wait until iteration k's adapter is learned (or read it back from the run
+        directory), make every sampler serve it; the seconds that took (None: stopped)."""
+        with self.lock:
+            while k not in self.adapters and k > self.state.last_learned() and not stopped.is_set():
+                self.lock.wait()
+            if stopped.is_set():
+                return None
+            if k not in self.adapters:
+                self.adapters[k] = Exported(*[self.store.learned_adapter(k)] * 2)
+            self.adapter = self.adapters[k]
+            for old in [v for v in self.adapters if v < k]:
+                del self.adapters[old]  # no later iteration samples from it
+        t = time.perf_counter()
+        self.actors.samplers.ensure(self.adapter)
+        return time.perf_counter() - t
 
 
 def sampler_chunks(cfg: RunConfig, prompts: list[Prompt], step: int, n: int | None = None) -> list[tuple]:

@@ -5,6 +5,7 @@
     runs/<name>/iter-0001/       samples.jsonl judgments.jsonl metrics.json adapter/ learner_state.pt
     runs/<name>/metrics.jsonl    one line per finished iteration, rebuilt from iter-*/metrics.json
     runs/<name>/placement.jsonl  one line per start: the Ray node each actor runs on
+    runs/<name>/start-adapter/   sampling ahead only: the adapter the run started from
 
 Every file is written to a temporary name and renamed into place, so a SIGKILL leaves either
 the old file or the new one, never half of one. state.json is written last, after the
@@ -156,6 +157,25 @@ class RunStore:
     def drop_old_learner_state(self, i: int) -> None:
         (self.iter_dir(i - 1) / "learner_state.pt").unlink(missing_ok=True)
 
+    @property
+    def start_adapter_dir(self) -> Path:
+        return self.root / "start-adapter"
+
+    def save_start_adapter(self, payload: AdapterPayload) -> None:
+        """The adapter the run started from: sampling ahead, a resumed run may sample from it
+        again after the learner has moved on."""
+        atomic_write_dir(self.start_adapter_dir, {**payload.files(), "version": str(payload.version).encode()})
+
+    def learned_adapter(self, k: int) -> AdapterPayload:
+        """The adapter iteration k learned (0: the one the run started from), read back."""
+        if k == 0:
+            d, version_of = self.start_adapter_dir, lambda: int((d / "version").read_text())
+        else:
+            d, version_of = self.iter_dir(k) / "adapter", lambda: self._json(self.iter_dir(k) / "metrics.json")["adapter_version"]
+        if not (d / WEIGHTS).exists():
+            raise self.damaged(d / WEIGHTS, "missing: sampling ahead (asynchronous.max_staleness), a later iteration samples from it")
+        return AdapterPayload.from_dir(d, version_of())
+
     def starting_point(self, state: RunState) -> tuple[AdapterPayload, bytes | None] | None:
         """The adapter (and optimizer state) a resumed run continues from: its last learned
         iteration, else its origin; None for a fresh adapter."""
@@ -237,17 +257,23 @@ class RunStore:
         finished step, record counts that agree, and the adapter whose checksum it records.
         Damage is reported precisely; continuing from it would silently train on less."""
         last = state.last_learned()
+        need = {"sample": ["prompts.jsonl", "samples.jsonl"], "judge": ["judgments.jsonl"],
+                "learn": ["metrics.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]}
         for i in range(1, state.iteration + 1):
             d = self.iter_dir(i)
             steps = STEPS if i < state.iteration else STEPS[: STEPS.index(state.step) + 1]
-            need = {"sample": ["prompts.jsonl", "samples.jsonl"], "judge": ["judgments.jsonl"],
-                    "learn": ["metrics.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]}
             for name in [f for step in steps for f in need[step]]:
                 if not (d / name).exists():
                     raise self.damaged(d / name, f"missing, though state.json records iteration {i} {steps[-1]} as finished")
             samples = _count_lines(d / "samples.jsonl")
             if "judge" in steps and _count_lines(d / "judgments.jsonl") != samples:
                 raise self.damaged(d / "judgments.jsonl", f"{_count_lines(d / 'judgments.jsonl')} judgments for {samples} samples")
+        for j, entry in sorted(state.data.get("ahead", {}).items()):  # sampled ahead of the learner
+            steps = STEPS[: STEPS.index(entry.get("step", "learn")) + 1]
+            for name in [f for step in steps if step != "learn" for f in need[step]]:
+                if not (self.iter_dir(int(j)) / name).exists():
+                    raise self.damaged(self.iter_dir(int(j)) / name,
+                                       f"missing, though state.json records iteration {j} {steps[-1]} as finished")
         if last and not (self.iter_dir(last) / "learner_state.pt").exists():
             raise self.damaged(self.iter_dir(last) / "learner_state.pt", "missing: the optimizer state to continue from")
         if last:

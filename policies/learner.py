@@ -238,6 +238,12 @@ class Learner:
         unique = list({e.sample.id: e for e in rows}.values())
         given = [e for e in unique if aligned_logprobs(e)]
         missing = [e for e in unique if not aligned_logprobs(e)]
+        stale = [e for e in missing if e.sample.policy_version != self.version]
+        if stale:  # recomputed now, pi_old would be this policy, not the one that sampled
+            raise ValueError(
+                f"sample {stale[0].sample.id} was drawn by adapter v{stale[0].sample.policy_version} and carries no "
+                f"log-probs for its tokens, and the learner is at v{self.version}: the importance ratio needs the "
+                "sampler's log-probs (every built-in sampler returns them; a custom one must fill Sample.logprobs)")
         checked = given[: self.cfg.logprob_check_rows]
         computed = self.sequence_logprobs(missing + checked)
         old = {e.sample.id: list(e.sample.logprobs) for e in given}

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config, write_prompts
-from tests.helpers import alignloop, artifacts, finish, state_of, wait_for, write_config
+from tests.helpers import alignloop, artifacts, assert_same, finish, state_of, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +100,41 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model, kill_at
     for name in a["iters"]:
         for key in a["iters"][name]:
             assert a["iters"][name][key] == b["iters"][name][key], f"{name}/{key} differs after resume"
+
+
+AHEAD = dict(SLOW, asynchronous={"max_staleness": 1})
+
+
+def progress(run_dir: Path) -> tuple[int, tuple[int, ...]] | None:
+    """(the learner's last iteration, the iterations sampled or judged ahead of it)."""
+    try:
+        s = json.loads((run_dir / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return s["iteration"], tuple(sorted(int(j) for j in s["data"].get("ahead", {})))
+
+
+def test_sampling_ahead_stays_within_its_bound_and_resumes_after_sigkill_as_if_never_killed(tmp_path, tiny_model):
+    full = write_config(tmp_path, tiny_model, "full", **AHEAD)
+    proc = alignloop("run", str(full))
+    seen = set()
+    while proc.poll() is None:
+        seen.add(progress(tmp_path / "full"))
+        time.sleep(0.01)
+    finish(proc)
+    seen.discard(None)
+    assert all(max(ahead, default=0) <= learned + 2 for learned, ahead in seen), seen  # at most 1 version behind
+    assert any(learned + 2 in ahead for learned, ahead in seen), f"it never sampled ahead of the learner: {seen}"
+
+    killed = write_config(tmp_path, tiny_model, "killed", **AHEAD)
+    proc = alignloop("run", str(killed))
+    wait_for(lambda: (p := progress(tmp_path / "killed")) is not None and p[0] == 0 and 2 in p[1], proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # iteration 2 sampled, iteration 1 still learning
+    proc.wait()
+    out = finish(alignloop("run", str(killed), "--resume"))
+    assert "iter 1/3" in out
+    assert_same(artifacts(tmp_path / "full"), artifacts(tmp_path / "killed"))
+    assert [json.loads(l)["policy_lag"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 1]
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model):

@@ -101,7 +101,8 @@ def test_error_rate_stops_the_run_and_resume_rejudges_only_the_failed(tmp_path):
     first = make_cycle(flaky(), tmp_path, actors=2, chunk_size=3, max_error_rate=0.2)
     write_sampled_iteration(first, 1, prompts, samples)
     learned = []
-    first.learn = lambda i, p, s, j: learned.append(j)
+    first.learn = lambda i, p, s, j: learned.append(j) or (None, {})
+    first.publish = lambda *args: None
     failed_ids = {"s001", "s004", "s007"}
     BROKEN.update(failed_ids)
 
@@ -115,7 +116,8 @@ def test_error_rate_stops_the_run_and_resume_rejudges_only_the_failed(tmp_path):
     BROKEN.clear()  # the outage is over; the user reruns with --resume
     CALLS.clear()
     resumed = make_cycle(flaky(), tmp_path, actors=2, chunk_size=3, max_error_rate=0.2)
-    resumed.learn = lambda i, p, s, j: learned.append(j)
+    resumed.learn = lambda i, p, s, j: learned.append(j) or (None, {})
+    resumed.publish = lambda *args: None
     assert resumed.state.next_step() == (1, "judge")
     resumed.iteration(*resumed.state.next_step())
 
@@ -170,6 +172,7 @@ def test_a_stopped_judge_steps_usage_is_counted_after_the_resume(tmp_path):
     assert first.store.load_state().data["pending"]["judge_requests"] == 2, "the stopped attempt's usage is saved"
     BROKEN.clear()
     resumed = make_cycle(flaky(), tmp_path, actors=1, chunk_size=10, max_error_rate=0.2)
-    resumed.learn = lambda i, p, s, j: None
+    resumed.learn = lambda i, p, s, j: (None, {})
+    resumed.publish = lambda *args: None
     resumed.iteration(*resumed.state.next_step())
     assert resumed.pending["judge_requests"] == 2 + 2 and resumed.pending["judge_cost_usd"] == pytest.approx(0.25 + 0.25)

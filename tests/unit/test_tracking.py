@@ -5,6 +5,7 @@ package is missing is a config error that says what to install."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ def test_tensorboard_gets_every_iteration_once_across_a_resume(tmp_path, tiny_mo
     # As if the process died after sending iteration 2 but before recording it: the resumed
     # run sends 2 again, and TensorBoard's purge keeps exactly one value per step.
     (tmp_path / "run" / "tracking.json").write_text(json.dumps({"tensorboard": 1}))
+    # Event files are read in name order: their creation second, then a per-process counter
+    # that sorts as text (...10 before ...9). A resumed run is a later process; in this one
+    # process the second writer must start in a later second, or it may be read first.
+    time.sleep(1.1)
     metrics = run_in_process(validate_config({**raw, "iterations": 3}))
     steps = scalar_steps(tb, "train/pass_rate")
     assert [s for s, _ in steps] == [1, 2, 3]
