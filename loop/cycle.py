@@ -51,6 +51,7 @@ class Cycle:
         self.stream_saved = self.state.data.get("stream")
         self.adapters: dict[int, Exported] = {}  # run iteration -> the adapter it learned (0: the start)
         self.lock = threading.Condition()
+        self.clock = time.perf_counter()
 
     @property
     def payload(self):
@@ -97,6 +98,7 @@ class Cycle:
         """From the step after the last finished one to the last iteration (after restore())."""
         if self.tracking:
             self.tracking.catch_up()
+        self.clock = time.perf_counter()
         if self.cfg.asynchronous.max_staleness:
             self.run_ahead()
             return self.store.read_metrics()
@@ -238,7 +240,10 @@ class Cycle:
 
     def record(self, i: int, payload: AdapterPayload, metrics: dict) -> None:
         """Iteration i is done: its metrics, then the state that says so."""
-        metrics = {"iteration": i, **metrics, "adapter_version": payload.version, "adapter_checksum": payload.checksum}
+        now = time.perf_counter()
+        metrics = {"iteration": i, **metrics, "adapter_version": payload.version, "adapter_checksum": payload.checksum,
+                   "iteration_s": now - self.clock}  # wall time since the previous record
+        self.clock = now
         self.store.write_metrics(i, metrics)
         self.save_state(i, "learn", payload)
         self.store.drop_old_learner_state(i)

@@ -1,15 +1,20 @@
-"""Where an iteration's time goes, with judging after sampling and judging overlapped with it
-(judging.streaming), against a judge with real latency: the local fake OpenAI-compatible
-server answering every request after `--latency-s` (2 s by default, as a hosted model).
+"""Where an iteration's time goes in three modes, against a judge with real latency (the local
+fake OpenAI-compatible server answering every request after `--latency-s`, 2 s by default, as
+a hosted model): judging after sampling (sequential), judging overlapped with sampling
+(judging.streaming, the default), and sampling ahead of the learner as well
+(asynchronous.max_staleness 1, with the cores split between the sampler and the learner).
 
-    python scripts/bench_loop.py                        # quickstart prompts, 2 iterations per mode
-    python scripts/bench_loop.py --latency-s 1 --iterations 3
+    python scripts/bench_loop.py                        # quickstart prompts, 3 iterations per mode
+    python scripts/bench_loop.py --latency-s 1 --iterations 4
 
 Each mode is a full `alignloop run` on a local Ray instance (the embedded model, the same seed
-and prompts); the table shows the per-phase times the runs recorded (mean over iterations
-after the first, whose sampling also warms up), and how the sample+judge wall time compares
+and prompts); the table shows the per-phase times the runs recorded and the wall time per
+iteration (means over the iterations after the first, whose sampling warms up and which
+sampling ahead cannot overlap with a learn step), and how the sample+judge wall time compares
 with the slower of the two phases (1.00: judging entirely hidden behind sampling, or the
-reverse; the sum of both: no overlap). The artifacts of both modes are compared byte for byte.
+reverse; the sum of both: no overlap). The sequential and streaming artifacts are compared byte
+for byte (sampling ahead samples from older adapters, so its own artifacts differ by design).
+The sampler phase is set against a raw `model.generate` of the same chunks.
 The judge passes a response of at most 40 words (the quickstart's rule, behind the server), so
 SFT has rows to learn from, and the learn phase of the streaming run's last iteration is set
 against a raw transformers + PEFT forward and backward over the same rows, in the same
@@ -85,6 +90,23 @@ def raw_learn_s(run_dir: Path, iteration: int) -> tuple[float, int]:
     return time.perf_counter() - start, len(rows)
 
 
+def raw_generate_tok_s(chunk: int, k: int, tokens: int) -> float:
+    """Tokens per second of a plain `model.generate` of the base model over the chunks the
+    sampler phase generates (`chunk` prompts x k samples x exactly `tokens` tokens each)."""
+    import torch
+
+    from bench_hf_sampling import MODEL, batch, timed
+    from policies.model import load_model, load_tokenizer, resolve_model_path
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = resolve_model_path(MODEL)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, "float32", "cpu").eval()
+    inputs = batch(tokenizer, chunk)
+    # Every chunk has the same shape, so the rate over all of them is this one's.
+    return timed(model, inputs, k, tokens, repeats=2, pad=tokenizer.pad_token_id)
+
+
 def judge_override(url: str, concurrency: int) -> str:
     return "judge=" + json.dumps({"type": "openai", "model": "bench", "base_url": url, "api_key_env": None,
                                   "cache": False, "concurrency": concurrency, "max_retries": 0, "timeout_s": 60})
@@ -105,7 +127,7 @@ def same_artifacts(a: Path, b: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency-s", type=float, default=2.0)
-    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per judge actor")
     args = ap.parse_args()
@@ -118,7 +140,10 @@ def main() -> None:
     common = [judge_override(url, args.concurrency), f"iterations={args.iterations}",
               f"data.prompts_per_iteration={args.prompts}", "sampler.batch_size=2", "sampler.max_new_tokens=48",
               "judging.chunk_size=4", "judging.in_flight=2", "learner.epochs=1"]
-    variants = {"sequential": ["judging.streaming=false"], "streaming": ["judging.streaming=true"]}
+    half = str(max(1, (os.cpu_count() or 2) // 2))
+    variants = {"sequential": ["judging.streaming=false"], "streaming": ["judging.streaming=true"],
+                "async": ["judging.streaming=true", "asynchronous.max_staleness=1", f"sampler.threads={half}",
+                          f"learner.threads={half}"]}
     try:
         results, wall = run_variants(ROOT / "configs/quickstart.yaml", variants, OUT, common, overwrite=True)
     finally:
@@ -131,19 +156,24 @@ def main() -> None:
 
     print(f"\n{os.cpu_count()} cores; judge latency {args.latency_s} s per request, "
           f"{args.concurrency} in flight per judge actor; {args.prompts} prompts x 4 samples per iteration\n")
-    print("| mode | sample s | judge s | sample+judge wall s | wall / slower phase | learn s | iteration wall s |")
-    print("|---|---|---|---|---|---|---|")
+    raw = raw_generate_tok_s(2, 4, 48)
+    print(f"raw model.generate of one sampler chunk (2 prompts x 4 samples x 48 tokens, all cores): {raw:.0f} tok/s\n")
+    print("| mode | sample s | sampler tok/s (of raw) | judge s | sample+judge wall s | wall / slower phase | learn s "
+          "| iteration wall s | vs sequential |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = mean(results["sequential"], "iteration_s")
     for name, rows in results.items():
         sample, judge, learn = mean(rows, "sample_s"), mean(rows, "judge_s"), mean(rows, "learn_s")
-        both = mean(rows, "sample_judge_s") if name == "streaming" else sample + judge
-        iteration = both + learn + mean(rows, "publish_s")
-        print(f"| {name} | {sample:.1f} | {judge:.1f} | {both:.1f} | {both / max(sample, judge):.2f} | {learn:.1f} | "
-              f"{iteration:.1f} |")
+        both = sample + judge if name == "sequential" else mean(rows, "sample_judge_s")
+        rate = mean(rows, "tokens_sampled") / sample
+        iteration = mean(rows, "iteration_s")
+        print(f"| {name} | {sample:.1f} | {rate:.0f} ({rate / raw:.2f}) | {judge:.1f} | {both:.1f} | "
+              f"{both / max(sample, judge):.2f} | {learn:.1f} | {iteration:.1f} | {iteration / base:.2f} |")
     print(f"\nartifacts identical across modes: {same_artifacts(OUT / 'sequential', OUT / 'streaming')}")
     last = results["streaming"][-1]
-    raw, n = raw_learn_s(OUT / "streaming", args.iterations)
+    floor, n = raw_learn_s(OUT / "streaming", args.iterations)
     print(f"learn phase of iteration {args.iterations}: {last['learn_s']:.1f} s for {last.get('n_train')} rows; raw "
-          f"forward+backward+step over the same {n} rows: {raw:.1f} s ({last['learn_s'] / raw:.2f}x)")
+          f"forward+backward+step over the same {n} rows: {floor:.1f} s ({last['learn_s'] / floor:.2f}x)")
     print("run wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
 
 
