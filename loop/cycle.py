@@ -270,11 +270,11 @@ class Cycle:
                     entry = self.ahead.get(j, {})
                     first_step = {None: "sample", "sample": "judge", "judge": "learn"}[entry.get("step")]
                     self.pending = dict(entry.get("pending", {}))
-                    load_s = self.serve_ahead(max(0, j - 1 - n), stopped) if first_step != "learn" else None
-                    if load_s is None and first_step != "learn":
+                    load_s = 0.0  # only sampling needs an adapter; saved samples are judged as they are
+                    if first_step == "sample" and (load_s := self.serve_ahead(max(0, j - 1 - n), stopped)) is None:
                         return  # the learner stopped
                     prompts, samples, judgments = self.sampled_and_judged(j, first_step)
-                    handoff.put((prompts, samples, judgments, {**self.pending, "publish_s": load_s or 0.0}))
+                    handoff.put((prompts, samples, judgments, {**self.pending, "publish_s": load_s}))
             except BaseException as e:  # noqa: BLE001 - raised on the learner's thread, in order
                 handoff.put(e)
 
