@@ -79,13 +79,14 @@ class Cycle:
             if not self.cfg.asynchronous.max_staleness:
                 self.state.iteration, self.state.step = iteration, step
                 self.state.data = {"stream": self.stream.state(), "pending": self.pending}
-            elif step == "learn":
-                self.state.iteration, self.state.step = iteration, step
-                self.ahead.pop(iteration, None)
-            else:
-                self.ahead[iteration] = {"step": step, "pending": dict(self.pending)}
-                self.stream_saved = self.stream.state() if step == "sample" else self.stream_saved
-            if self.cfg.asynchronous.max_staleness:
+            else:  # the cursor is the learner's; the sample and judge steps ahead of it are listed
+                if step == "learn":
+                    self.state.iteration, self.state.step = iteration, step
+                    self.ahead.pop(iteration, None)
+                else:
+                    self.ahead[iteration] = {"step": step, "pending": dict(self.pending)}
+                    if step == "sample":
+                        self.stream_saved = self.stream.state()
                 self.state.data = {"stream": self.stream_saved, "ahead": {str(k): v for k, v in sorted(self.ahead.items())}}
             self.store.save_state(self.state)
 

@@ -14,7 +14,8 @@ sampling ahead cannot overlap with a learn step), and how the sample+judge wall 
 with the slower of the two phases (1.00: judging entirely hidden behind sampling, or the
 reverse; the sum of both: no overlap). The sequential and streaming artifacts are compared byte
 for byte (sampling ahead samples from older adapters, so its own artifacts differ by design).
-The sampler phase is set against a raw `model.generate` of the same chunks.
+The sampler phase is set against a raw `model.generate` of a chunk of the same size (2
+quickstart prompts x 4 samples x exactly 48 tokens).
 The judge passes a response of at most 40 words (the quickstart's rule, behind the server), so
 SFT has rows to learn from, and the learn phase of the streaming run's last iteration is set
 against a raw transformers + PEFT forward and backward over the same rows, in the same
@@ -91,8 +92,9 @@ def raw_learn_s(run_dir: Path, iteration: int) -> tuple[float, int]:
 
 
 def raw_generate_tok_s(chunk: int, k: int, tokens: int) -> float:
-    """Tokens per second of a plain `model.generate` of the base model over the chunks the
-    sampler phase generates (`chunk` prompts x k samples x exactly `tokens` tokens each)."""
+    """Tokens per second of a plain `model.generate` of the base model over a chunk of the
+    size the sampler phase generates (the first `chunk` quickstart prompts x k samples x
+    exactly `tokens` tokens each)."""
     import torch
 
     from bench_hf_sampling import MODEL, batch, timed
