@@ -17,13 +17,13 @@ from typing import Annotated, Callable, Union
 
 from pydantic import Field
 
-from judges.base import Judge
-from judges.composite import CompositeJudge, CompositeJudgeConfig
-from judges.critique_model import CritiqueModelJudge, CritiqueModelJudgeConfig
-from judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
-from judges.plugins import PythonJudgeConfig, build_plugin
-from judges.reward_model import RewardModelJudge, RewardModelJudgeConfig
-from judges.rules import RulesJudge, RulesJudgeConfig
+from alignloop.judges.base import Judge
+from alignloop.judges.composite import CompositeJudge, CompositeJudgeConfig
+from alignloop.judges.critique_model import CritiqueModelJudge, CritiqueModelJudgeConfig
+from alignloop.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+from alignloop.judges.plugins import PythonJudgeConfig, build_plugin
+from alignloop.judges.reward_model import RewardModelJudge, RewardModelJudgeConfig
+from alignloop.judges.rules import RulesJudge, RulesJudgeConfig
 
 # Name -> (config class, judge class or builder). Built-ins only; third-party judges come in
 # through `python` (an import path or the `alignloop.judges` entry-point group).

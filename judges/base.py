@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from records import Judgment, Prompt, Sample
+from alignloop.records import Judgment, Prompt, Sample
 
 
 @runtime_checkable

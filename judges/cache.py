@@ -18,7 +18,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from judges.prompting import Parsed
+from alignloop.judges.prompting import Parsed
 
 
 def default_cache_path() -> Path:

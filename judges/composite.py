@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from records import Judgment, Prompt, Sample, merged_spans
+from alignloop.records import Judgment, Prompt, Sample, merged_spans
 
 
 class CompositeJudgeConfig(BaseModel):
@@ -51,7 +51,7 @@ class CompositeJudgeConfig(BaseModel):
 
 class CompositeJudge:
     def __init__(self, config: CompositeJudgeConfig):
-        from judges import build_judge
+        from alignloop.judges import build_judge
 
         self.config = config
         self.name = config.name

@@ -18,12 +18,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from judges.local import LocalModelJudge, LocalModelOptions
-from judges.prompting import PromptOptions, Truncated, Unparseable, bounded_schema, parse_judgment, render_messages
-from records import Judgment, Prompt, Sample
-from records.errors import ConfigError
-from policies.model import Reply
-from policies.vllm_engine import VLLMEngineOptions
+from alignloop.judges.local import LocalModelJudge, LocalModelOptions
+from alignloop.judges.prompting import PromptOptions, Truncated, Unparseable, bounded_schema, parse_judgment, render_messages
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.records.errors import ConfigError
+from alignloop.policies.model import Reply
+from alignloop.policies.vllm_engine import VLLMEngineOptions
 
 
 class CritiqueModelJudgeConfig(LocalModelOptions):
@@ -59,7 +59,7 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
                 "machine, use the .venv-vllm of `make vllm-cpu` on a CPU, or set judge.backend: hf"
             )
         if self.constrained and self.backend == "hf":
-            from policies.constrained import preflight
+            from alignloop.policies.constrained import preflight
 
             preflight(self.path, self.schema())
 
@@ -75,8 +75,8 @@ class TransformersChatGenerator:
     each reply is decoded inside it."""
 
     def __init__(self, path: str, dtype: str, device: str, schema: dict | None = None):
-        from policies.constrained import SchemaConstraint
-        from policies.model import load_model, load_tokenizer, stop_token_ids
+        from alignloop.policies.constrained import SchemaConstraint
+        from alignloop.policies.model import load_model, load_tokenizer, stop_token_ids
 
         self.device = device
         self.tokenizer = load_tokenizer(path)
@@ -88,7 +88,7 @@ class TransformersChatGenerator:
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         import torch
 
-        from policies.model import render_prompt
+        from alignloop.policies.model import render_prompt
 
         ids = [render_prompt(self.tokenizer, chat) for chat in chats]
         width = max(map(len, ids))
@@ -116,7 +116,7 @@ def transformers_generator(config: CritiqueModelJudgeConfig, path: str, device: 
 
 
 def vllm_generator(config: CritiqueModelJudgeConfig, path: str, device: str):
-    from policies.vllm_engine import VLLMChatGenerator
+    from alignloop.policies.vllm_engine import VLLMChatGenerator
 
     # vLLM picks its own device (the GPU the actor was given, or the CPU build's host).
     return VLLMChatGenerator(path, config.dtype, config.vllm or VLLMEngineOptions(), config.seed, config.schema())
@@ -128,7 +128,7 @@ GENERATORS = {"hf": transformers_generator, "vllm": vllm_generator}
 
 class CritiqueModelJudge(LocalModelJudge):
     def __init__(self, config: CritiqueModelJudgeConfig):
-        from policies.model import resolve_model_path
+        from alignloop.policies.model import resolve_model_path
 
         super().__init__(config)
         self.generator = GENERATORS[config.backend](config, resolve_model_path(config.path), self.device)

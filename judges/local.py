@@ -10,7 +10,7 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from records import Judgment, Prompt, Sample
+from alignloop.records import Judgment, Prompt, Sample
 
 
 class LocalModelOptions(BaseModel):

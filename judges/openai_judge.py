@@ -24,12 +24,12 @@ from typing import Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from judges.cache import JudgmentCache, cache_key, default_cache_path
-from judges.prompting import (JUDGMENT_SCHEMA, Parsed, PromptOptions, Truncated, Unparseable, parse_judgment,
+from alignloop.judges.cache import JudgmentCache, cache_key, default_cache_path
+from alignloop.judges.prompting import (JUDGMENT_SCHEMA, Parsed, PromptOptions, Truncated, Unparseable, parse_judgment,
                               render_messages)
-from records import Judgment, Prompt, Sample
-from records.errors import ConfigError
-from records.secrets import env_secret, looks_like_a_key, mask_secrets
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.records.errors import ConfigError
+from alignloop.records.secrets import env_secret, looks_like_a_key, mask_secrets
 
 
 class OpenAIJudgeConfig(BaseModel):

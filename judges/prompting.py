@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from records import Judgment, Prompt, Sample, Span, Verdict, merged_spans
+from alignloop.records import Judgment, Prompt, Sample, Span, Verdict, merged_spans
 
 DEFAULT_SYSTEM = (
     "You are a meticulous reviewer of an AI assistant's answers. You judge only the quoted "

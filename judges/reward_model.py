@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from judges.local import LocalModelJudge, LocalModelOptions
-from judges.prompting import conversation_text
-from records import Judgment, Prompt, Sample
+from alignloop.judges.local import LocalModelJudge, LocalModelOptions
+from alignloop.judges.prompting import conversation_text
+from alignloop.records import Judgment, Prompt, Sample
 
 
 class RewardModelJudgeConfig(LocalModelOptions):
@@ -34,7 +34,7 @@ class RewardModelJudge(LocalModelJudge):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from policies.model import resolve_model_path
+        from alignloop.policies.model import resolve_model_path
 
         super().__init__(config)
         path = resolve_model_path(config.path)

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from records import Judgment, Prompt, Sample, Span, merged_spans
+from alignloop.records import Judgment, Prompt, Sample, Span, merged_spans
 
 _WORD = re.compile(r"\b[\w'’-]+\b")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")

@@ -18,10 +18,10 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from loop import orphans
-from loop.config import BUILTIN_RESOURCES, RayConfig, RunConfig
-from records import Judgment, Prompt, Sample
-from policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.loop import orphans
+from alignloop.loop.config import BUILTIN_RESOURCES, RayConfig, RunConfig
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
 
 
 def start_ray(cfg: RayConfig) -> None:
@@ -72,7 +72,7 @@ class JudgeWorker:
     of the chunk: counted, never a made-up reward."""
 
     def __init__(self, judge_cfg):
-        from judges import build_judge
+        from alignloop.judges import build_judge
 
         # Not `self.judge`: that would hide the `judge` method on the instance.
         self.backend = build_judge(judge_cfg)
@@ -184,8 +184,8 @@ class Actors:
     the cycle uses (`samplers`, `judges`, `learner`)."""
 
     def __init__(self, cfg: RunConfig):
-        from policies.learner import Learner
-        from policies.samplers import sampler_class
+        from alignloop.policies.learner import Learner
+        from alignloop.policies.samplers import sampler_class
 
         self.cfg, self.extra_judges = cfg, []
         sampler_cls = ray.remote(sampler_class(cfg.sampler.backend))
@@ -248,8 +248,8 @@ class LocalActors:
     without Ray (one process, phases one after another)."""
 
     def __init__(self, cfg: RunConfig):
-        from policies.learner import Learner
-        from policies.samplers import sampler_class
+        from alignloop.policies.learner import Learner
+        from alignloop.policies.samplers import sampler_class
 
         calls = LocalCalls()
         cls = sampler_class(cfg.sampler.backend)

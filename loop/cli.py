@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from loop.config import ConfigError, load_config, to_yaml
+from alignloop.loop.config import ConfigError, load_config, to_yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return show_status(Path(args.run_dir))
         if args.command == "report":
-            from loop.report import write_report
+            from alignloop.loop.report import write_report
 
             print(f"report: {write_report(Path(args.run_dir), args.out)}")
             return 0
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignloop: {e}", file=sys.stderr)
         return 2
 
-    from loop.cycle import run as run_cycle  # imports torch and Ray
+    from alignloop.loop.cycle import run as run_cycle  # imports torch and Ray
 
     code = guarded(lambda: run_cycle(cfg, resume=args.resume, overwrite=args.overwrite))
     if code == 0:
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 # 3 judge error budget, 4 round not promoted by the gate, 5 no new prompts, 6 locked.
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
-    from loop.actors import ActorLost
-    from loop.cycle import JudgeErrorRate
-    from loop.data import DataError
-    from loop.lock import Locked
-    from policies.model import ModelNotFound
+    from alignloop.loop.actors import ActorLost
+    from alignloop.loop.cycle import JudgeErrorRate
+    from alignloop.loop.data import DataError
+    from alignloop.loop.lock import Locked
+    from alignloop.policies.model import ModelNotFound
 
     try:
         work()
@@ -107,7 +107,7 @@ def guarded(work) -> int:
 
 
 def run_round(cfg, round_id: str, as_json: bool) -> int:
-    from loop.series import run_round as run_one_round
+    from alignloop.loop.series import run_round as run_one_round
 
     if not re.fullmatch(r"[A-Za-z0-9._-]+", round_id):
         print(f"alignloop: --round {round_id!r}: use only letters, digits, '.', '_' and '-'", file=sys.stderr)
@@ -124,8 +124,8 @@ def run_round(cfg, round_id: str, as_json: bool) -> int:
 
 
 def train_offline(cfg, data: str, out: str | None) -> int:
-    from loop.data import DataError
-    from loop.offline import train
+    from alignloop.loop.data import DataError
+    from alignloop.loop.offline import train
 
     try:
         result = train(cfg, data, out)
@@ -148,7 +148,7 @@ COLUMNS = [
 def show_status(run_dir: Path) -> int:
     if (run_dir / "series.json").exists():
         return show_series(run_dir)
-    from loop.store import RunStore
+    from alignloop.loop.store import RunStore
 
     store = RunStore(run_dir)
     state = store.load_state()  # a damaged file is a ConfigError: reported, exit 2
@@ -180,7 +180,7 @@ SERIES_COLUMNS = [
 
 
 def show_series(root: Path) -> int:
-    from loop.series import Series
+    from alignloop.loop.series import Series
 
     series = Series(root)
     try:

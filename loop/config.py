@@ -15,11 +15,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from judges import JudgeConfig
-from records.errors import ConfigError, read_utf8  # noqa: F401 - ConfigError is part of loop.config's API
-from records.secrets import env_secret, mask_secrets  # noqa: F401
-from policies.objectives.options import ObjectiveConfig, SFTOptions
-from policies.vllm_engine import VLLMSamplerOptions
+from alignloop.judges import JudgeConfig
+from alignloop.records.errors import ConfigError, read_utf8  # noqa: F401 - ConfigError is part of loop.config's API
+from alignloop.records.secrets import env_secret, mask_secrets  # noqa: F401
+from alignloop.policies.objectives.options import ObjectiveConfig, SFTOptions
+from alignloop.policies.vllm_engine import VLLMSamplerOptions
 
 
 class Strict(BaseModel):

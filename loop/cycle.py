@@ -14,19 +14,19 @@ import threading
 import time
 from contextlib import contextmanager
 
-from loop.actors import Actors, Exported, JudgePool, SamplerPool, start_ray
-from loop.config import RunConfig
-from loop.data import PromptStream, load_data
-from loop.lock import DirLock
-from loop.metrics import is_spending, judgment_metrics, sample_metrics
-from loop.progress import phase, placement_line, summary_line
-from loop.preflight import attached, preflight_run
-from loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
-from loop.tracking import Tracking
-from policies.adapter import AdapterMismatch, AdapterPayload
-from policies.model import cache_dir, ensure_embedded, needs_conversion
-from policies.objectives.base import Example
-from records import Judgment, Prompt, Sample
+from alignloop.loop.actors import Actors, Exported, JudgePool, SamplerPool, start_ray
+from alignloop.loop.config import RunConfig
+from alignloop.loop.data import PromptStream, load_data
+from alignloop.loop.lock import DirLock
+from alignloop.loop.metrics import is_spending, judgment_metrics, sample_metrics
+from alignloop.loop.progress import phase, placement_line, summary_line
+from alignloop.loop.preflight import attached, preflight_run
+from alignloop.loop.store import RunState, RunStore, check_run_dir, prepare_run_dir
+from alignloop.loop.tracking import Tracking
+from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.policies.model import cache_dir, ensure_embedded, needs_conversion
+from alignloop.policies.objectives.base import Example
+from alignloop.records import Judgment, Prompt, Sample
 
 
 class JudgeErrorRate(RuntimeError):

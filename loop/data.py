@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from records import Message, Prompt
-from records.errors import read_utf8
+from alignloop.records import Message, Prompt
+from alignloop.records.errors import read_utf8
 
 
 class DataError(Exception):

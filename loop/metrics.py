@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from records import Judgment, Sample
+from alignloop.records import Judgment, Sample
 
 
 def sample_metrics(samples: list[Sample]) -> dict:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loop.data import DataError, row_to_prompt, utf8_lines
-from records import Judgment, Prompt, Sample
-from loop.store import read_jsonl
-from policies.objectives.base import Example
+from alignloop.loop.data import DataError, row_to_prompt, utf8_lines
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.loop.store import read_jsonl
+from alignloop.policies.objectives.base import Example
 
 POSITIVE_SCORE = 7  # official CUT code: a judgment scored >= 7 is satisfactory
 
@@ -93,9 +93,9 @@ def _iteration_examples(d: Path) -> list[Example]:
 def train(cfg, data: str, out: str | None = None) -> dict:
     """Train the config's objective on `data` (learner.epochs passes) and save the adapter,
     which `alignloop run` can start from with `model.adapter: OUT`."""
-    from loop.progress import phase
-    from loop.store import atomic_write_dir, atomic_write_text
-    from policies.learner import Learner
+    from alignloop.loop.progress import phase
+    from alignloop.loop.store import atomic_write_dir, atomic_write_text
+    from alignloop.policies.learner import Learner
 
     examples = load_examples(data)
     out_dir = Path(out or cfg.resolved_run_dir / "offline-adapter")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from judges import preflight_judges
-from loop.config import ConfigError, RunConfig
-from loop.data import check_batch_fits
-from loop.tracking import check_backends
-from policies.model import preflight as model_preflight
-from records import Prompt
+from alignloop.judges import preflight_judges
+from alignloop.loop.config import ConfigError, RunConfig
+from alignloop.loop.data import check_batch_fits
+from alignloop.loop.tracking import check_backends
+from alignloop.policies.model import preflight as model_preflight
+from alignloop.records import Prompt
 
 
 def attached(cfg: RunConfig) -> bool:

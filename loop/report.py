@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.config import ConfigError
-from loop.store import RunStore
+from alignloop.loop.config import ConfigError
+from alignloop.loop.store import RunStore
 
 LOSS_KEYS = ("loss", "nll", "unlikelihood", "likelihood", "pg_loss", "kl_loss", "dpo_loss", "clip_frac")
 PHASES = ("sample_s", "judge_s", "learn_s", "publish_s")
@@ -72,7 +72,7 @@ def run_sections(root: Path, prefix: str = "") -> tuple[str, list[Plot], str]:
 
 
 def series_sections(root: Path) -> tuple[str, list[Plot], str]:
-    from loop.series import Series
+    from alignloop.loop.series import Series
 
     rounds = [r for r in Series(root).rounds() if r.status != "running"]
     if not rounds:

@@ -22,14 +22,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig
-from loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
-from loop.lock import DirLock
-from loop.metrics import judgment_metrics
-from loop.preflight import preflight_run
-from loop.progress import eval_line
-from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
-from records import Prompt
+from alignloop.loop.config import ConfigError, RunConfig
+from alignloop.loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
+from alignloop.loop.lock import DirLock
+from alignloop.loop.metrics import judgment_metrics
+from alignloop.loop.preflight import preflight_run
+from alignloop.loop.progress import eval_line
+from alignloop.loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
+from alignloop.records import Prompt
 
 # Exit codes a scheduler reads (also 2: config or data error, 3: judge error budget, 1: a crash).
 PROMOTED, REJECTED, NO_NEW_PROMPTS, LOCKED = 0, 4, 5, 6
@@ -214,8 +214,8 @@ class Round:
     def run(self) -> RoundResult:
         # Imported here, not at the top: loop.cycle brings torch and Ray, and a finished
         # round, a locked series or a night without new prompts should answer at once.
-        from loop.cycle import Cycle, opened, started_actors
-        from loop.tracking import Tracking
+        from alignloop.loop.cycle import Cycle, opened, started_actors
+        from alignloop.loop.tracking import Tracking
 
         store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
         if store.load_state() is None:
@@ -247,7 +247,7 @@ class Round:
     def evaluate(self, cycle, name: str, checksum: str | None) -> dict:
         """Sample and judge the held-out prompts with the adapter the samplers serve now; the
         result is cached per adapter, so the promoted adapter is evaluated once."""
-        from loop.cycle import JudgeErrorRate, judge_samples, sample_prompts
+        from alignloop.loop.cycle import JudgeErrorRate, judge_samples, sample_prompts
 
         out = self.dir / name
         if (out / "metrics.json").exists():

@@ -28,9 +28,9 @@ from typing import Iterable, Literal, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
-from policies.adapter import WEIGHTS, AdapterPayload
-from records import Judgment, Prompt, Sample
+from alignloop.loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
+from alignloop.policies.adapter import WEIGHTS, AdapterPayload
+from alignloop.records import Judgment, Prompt, Sample
 
 STEPS = ("sample", "judge", "learn")
 # mkstemp creates files 0600; artifacts should get the usual permissions (the umask's).

@@ -16,9 +16,9 @@ import json
 import math
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig
-from loop.store import RunStore, atomic_write_text
-from records import Judgment, Prompt, Sample
+from alignloop.loop.config import ConfigError, RunConfig
+from alignloop.loop.store import RunStore, atomic_write_text
+from alignloop.records import Judgment, Prompt, Sample
 
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from records.errors import ConfigError
+from alignloop.records.errors import ConfigError
 
 # Every vocabulary fits in 32-bit words of the mask; bit b of word w allows token 32 * w + b.
 _BITS = 32
@@ -84,7 +84,7 @@ def preflight(path: str, schema: dict) -> None:
     converted) is checked where the judge loads it."""
     from pathlib import Path
 
-    from policies.model import EMBEDDED, load_tokenizer, needs_conversion, resolve_model_path
+    from alignloop.policies.model import EMBEDDED, load_tokenizer, needs_conversion, resolve_model_path
 
     if path in EMBEDDED and needs_conversion(path):
         return

@@ -18,11 +18,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load as load_safetensors
 
-from policies.adapter import AdapterPayload
-from policies.model import resolve_model_path, load_model, load_tokenizer, pick_device, render_prompt
-from policies.objectives.base import Example, TrainBatch
-from policies.objectives.registry import build_objective
-from policies.spans import span_token_mask
+from alignloop.policies.adapter import AdapterPayload
+from alignloop.policies.model import resolve_model_path, load_model, load_tokenizer, pick_device, render_prompt
+from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.registry import build_objective
+from alignloop.policies.spans import span_token_mask
 
 
 class Learner:

@@ -19,7 +19,7 @@ Conventions, in the response's own coordinates (the sampler strips surrounding w
 
 from __future__ import annotations
 
-from records import Span
+from alignloop.records import Span
 
 REPLACEMENT = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
 

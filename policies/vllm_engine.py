@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from policies.model import Reply
+    from alignloop.policies.model import Reply
 
 # The only values vLLM 0.32 accepts for max_lora_rank.
 MaxLoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
@@ -113,7 +113,7 @@ def stop_ids(model_path: str, tokenizer) -> list[int]:
     plus the generation config's), without loading the transformers model."""
     from transformers import GenerationConfig
 
-    from policies.model import stop_token_ids
+    from alignloop.policies.model import stop_token_ids
 
     try:
         generation = GenerationConfig.from_pretrained(model_path)
@@ -144,7 +144,7 @@ class VLLMChatGenerator:
     schema, vLLM's structured outputs decode each reply inside it."""
 
     def __init__(self, model_path: str, dtype: str, opts: VLLMEngineOptions, seed: int = 0, schema: dict | None = None):
-        from policies.model import load_tokenizer
+        from alignloop.policies.model import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = stop_ids(model_path, self.tokenizer)
@@ -158,7 +158,7 @@ class VLLMChatGenerator:
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         from vllm import SamplingParams
 
-        from policies.model import Reply, render_prompt
+        from alignloop.policies.model import Reply, render_prompt
 
         structured = {}
         if self.schema is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from records.errors import ConfigError
+from alignloop.records.errors import ConfigError
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<password>[^/@\s]+)@", re.IGNORECASE)
 # Shapes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, AWS, Google, bearer/JWT).

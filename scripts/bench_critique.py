@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from judges import build_judge  # noqa: E402
-from judges.critique_model import CritiqueModelJudgeConfig, TransformersChatGenerator  # noqa: E402
-from policies.model import resolve_model_path  # noqa: E402
-from records import Message, Prompt, Sample  # noqa: E402
+from alignloop.judges import build_judge  # noqa: E402
+from alignloop.judges.critique_model import CritiqueModelJudgeConfig, TransformersChatGenerator  # noqa: E402
+from alignloop.policies.model import resolve_model_path  # noqa: E402
+from alignloop.records import Message, Prompt, Sample  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 

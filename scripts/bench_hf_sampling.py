@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
-from policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path  # noqa: E402
+from alignloop.policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig  # noqa: E402
-from records import Message, Prompt, Sample  # noqa: E402
+from alignloop.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig  # noqa: E402
+from alignloop.records import Message, Prompt, Sample  # noqa: E402
 
 
 def serve(latency_s: float, urls, stop) -> None:

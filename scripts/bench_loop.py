@@ -55,9 +55,9 @@ def raw_learn_s(run_dir: Path, iteration: int) -> tuple[float, int]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from loop.config import load_config
-    from loop.store import RunStore
-    from policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path
+    from alignloop.loop.config import load_config
+    from alignloop.loop.store import RunStore
+    from alignloop.policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path
 
     cfg = load_config(run_dir / "config.yaml")
     store = RunStore(run_dir)
@@ -98,7 +98,7 @@ def raw_generate_tok_s(chunk: int, k: int, tokens: int) -> float:
     import torch
 
     from bench_hf_sampling import MODEL, batch, timed
-    from policies.model import load_model, load_tokenizer, resolve_model_path
+    from alignloop.policies.model import load_model, load_tokenizer, resolve_model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
     path = resolve_model_path(MODEL)

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loop.config import LearnerConfig, ModelConfig, SamplerConfig  # noqa: E402
-from loop.data import load_prompts  # noqa: E402
+from alignloop.loop.config import LearnerConfig, ModelConfig, SamplerConfig  # noqa: E402
+from alignloop.loop.data import load_prompts  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,8 +69,8 @@ def adapter_versions(model_cfg: ModelConfig, n: int) -> list:
     import torch
     from safetensors.torch import load, save
 
-    from policies.adapter import AdapterPayload
-    from policies.learner import Learner
+    from alignloop.policies.adapter import AdapterPayload
+    from alignloop.policies.learner import Learner
 
     learner = Learner(model_cfg, LearnerConfig(device="cpu"))
     base = learner.export()
@@ -85,7 +85,7 @@ def adapter_versions(model_cfg: ModelConfig, n: int) -> list:
 
 
 def bench(backend: str, args, model_cfg: ModelConfig, prompts, payloads) -> dict:
-    from policies.samplers import sampler_class
+    from alignloop.policies.samplers import sampler_class
 
     cfg = sampler_config(args, backend)
     t = time.perf_counter()

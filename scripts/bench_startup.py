@@ -28,8 +28,8 @@ VARIANTS = {
 
 ONE = """
 import json, sys, time
-from loop.actors import Actors, start_ray
-from loop.config import load_config
+from alignloop.loop.actors import Actors, start_ray
+from alignloop.loop.config import load_config
 import ray
 cfg = load_config(sys.argv[1])
 t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from loop.config import RunConfig
+from alignloop.loop.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"

@@ -18,12 +18,12 @@ import asyncio
 import numpy as np
 import torch
 
-from judges import build_judge
-from loop.config import validate_config
-from loop.data import load_prompts
-from policies.learner import Learner
-from policies.objectives.base import Example
-from policies.samplers.hf import HFSampler
+from alignloop.judges import build_judge
+from alignloop.loop.config import validate_config
+from alignloop.loop.data import load_prompts
+from alignloop.policies.learner import Learner
+from alignloop.policies.objectives.base import Example
+from alignloop.policies.samplers.hf import HFSampler
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from records import Judgment, Message, Prompt, Sample
-from policies.objectives.base import Example, TrainBatch
-from policies.objectives.options import (
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.options import (
     DPOOptions, GRPOOptions, PPOOptions, ReinforceOptions, RLOOOptions, RWROptions, SFTOptions,
 )
-from policies.objectives.registry import build_objective
+from alignloop.policies.objectives.registry import build_objective
 
 ACTIONS = 100
 # Reward peaks. The reference's mode, tanh(-0.7) = -0.60, is bin 20 ("near"); bin 70 is

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 import repro_cut_task as task
-from loop.config import LearnerConfig, LoraOptions, ModelConfig, SamplerConfig
-from policies.learner import Learner
-from policies.model import load_tokenizer
-from policies.objectives.base import Example
-from policies.objectives.cut import inappropriate_tokens
-from policies.objectives.options import CUTOptions, HindsightOptions, SFTOptions
-from policies.samplers.hf import HFSampler
+from alignloop.loop.config import LearnerConfig, LoraOptions, ModelConfig, SamplerConfig
+from alignloop.policies.learner import Learner
+from alignloop.policies.model import load_tokenizer
+from alignloop.policies.objectives.base import Example
+from alignloop.policies.objectives.cut import inappropriate_tokens
+from alignloop.policies.objectives.options import CUTOptions, HindsightOptions, SFTOptions
+from alignloop.policies.samplers.hf import HFSampler
 
 # lambda. Here a judgment also tells which words are *not* forbidden (all it does not name),
 # so it raises a good word's probability too: by at most 1 / (1 - p) (a position known to be

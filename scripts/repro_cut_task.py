@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from judges.rules import BannedPhrases, Regex, RulesJudge, RulesJudgeConfig
-from records import Judgment, Message, Prompt, Sample
-from policies.model import render_prompt
-from policies.objectives.base import Example
-from policies.objectives.cut import judgment_messages
-from policies.objectives.options import DEFAULT_JUDGMENT_TEMPLATE
-from policies.tiny import build_tiny_model
+from alignloop.judges.rules import BannedPhrases, Regex, RulesJudge, RulesJudgeConfig
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.model import render_prompt
+from alignloop.policies.objectives.base import Example
+from alignloop.policies.objectives.cut import judgment_messages
+from alignloop.policies.objectives.options import DEFAULT_JUDGMENT_TEMPLATE
+from alignloop.policies.tiny import build_tiny_model
 
 GOOD = ["sun", "tree", "bird", "stone"]
 # Many forbidden words, so that naming one makes it far more likely (a ratio >= 5.9, see
@@ -95,7 +95,7 @@ def pretrain(model_dir: Path, p_forbidden: float, steps: int, seed: int = 0, bat
     saved in place. Returns the mean loss of the last 10% of steps."""
     from transformers import AutoModelForCausalLM
 
-    from policies.model import load_tokenizer
+    from alignloop.policies.model import load_tokenizer
 
     tok = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir)

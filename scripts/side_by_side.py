@@ -11,14 +11,14 @@ import json
 import time
 from pathlib import Path
 
-from loop.config import load_config
+from alignloop.loop.config import load_config
 
 
 def run_variants(config: str | Path, variants: dict[str, list[str]], out: Path, common: list[str] = (),
                  overwrite: bool = False) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Per variant: its per-iteration metrics and its wall time. `overwrite` starts each run
     over; otherwise a finished run is read back and an unfinished one resumed."""
-    from loop.cycle import run
+    from alignloop.loop.cycle import run
 
     results, wall = {}, {}
     for name, overrides in variants.items():

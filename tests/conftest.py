@@ -13,7 +13,7 @@ WORDS = "the a cat dog sat ran on mat big small red blue is was and yes no sun m
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from policies.tiny import build_tiny_model
+    from alignloop.policies.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), WORDS, seed=0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from records import Judgment
+from alignloop.records import Judgment
 
 
 class EnvJudge:

@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, tiny_model: Path, name: str, **over) -> Path:
 def alignloop(*args, **kw) -> subprocess.Popen:
     # PYTHONPATH: the Ray workers (which inherit this environment) import the tests' plugin judge.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "loop.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "alignloop.loop.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env, **kw)
 
 
@@ -85,11 +85,11 @@ def assert_same(a: dict, b: dict) -> None:
 
 def run_in_process(cfg) -> list[dict]:
     """The real cycle in this process (LocalActors, no Ray), as a run would drive it."""
-    from loop.actors import LocalActors
-    from loop.cycle import Cycle
-    from loop.data import load_prompts
-    from loop.store import prepare_run_dir
-    from loop.tracking import Tracking
+    from alignloop.loop.actors import LocalActors
+    from alignloop.loop.cycle import Cycle
+    from alignloop.loop.data import load_prompts
+    from alignloop.loop.store import prepare_run_dir
+    from alignloop.loop.tracking import Tracking
 
     store = prepare_run_dir(cfg, resume=True, overwrite=False)
     actors, tracking = LocalActors(cfg), Tracking(cfg, store)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 from pydantic import BaseModel, ConfigDict
 
-from loop.actors import JudgePool, JudgeWorker, judge_name
-from loop.config import validate_config
-from records import Message, Prompt, Sample
-from loop.store import RunStore
+from alignloop.loop.actors import JudgePool, JudgeWorker, judge_name
+from alignloop.loop.config import validate_config
+from alignloop.records import Message, Prompt, Sample
+from alignloop.loop.store import RunStore
 
 
 class FakeHandle:
@@ -49,7 +49,7 @@ def prompts_and_samples(texts: list[str]) -> tuple[list[Prompt], list[Sample]]:
 
 def make_cycle(judge: dict, run_dir: Path, actors: int = 2, handles=None, **judging):
     """A Cycle over a real RunStore whose judge actors are FakeHandles around JudgeWorkers."""
-    from loop.cycle import Cycle
+    from alignloop.loop.cycle import Cycle
 
     cfg = validate_config({"name": "t", "run_dir": str(run_dir), "data": {"path": "unused.jsonl", "prompts_per_iteration": 1},
                            "judge": judge, "judging": {"actors": actors, **judging}})
@@ -70,7 +70,7 @@ class SlowRules:
         max_words: int = 4
 
     def __init__(self, config: "SlowRules.Config"):
-        from judges.rules import RulesJudge, RulesJudgeConfig
+        from alignloop.judges.rules import RulesJudge, RulesJudgeConfig
 
         self.config, self.name = config, "slow-rules"
         self.rules = RulesJudge(RulesJudgeConfig(name=self.name, checks=[{"type": "max_words", "limit": config.max_words}]))

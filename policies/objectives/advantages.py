@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from policies.objectives.base import Example
+from alignloop.policies.objectives.base import Example
 
 
 def reward(example: Example) -> float:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from records import Judgment, Message, Prompt, Sample
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 
 @dataclass

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from records import Message
-from policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
-from policies.objectives.options import CUTOptions
+from alignloop.records import Message
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
+from alignloop.policies.objectives.options import CUTOptions
 
 EPS = 1e-5  # inside the log of 1 - p, which is 0 when p rounds to 1
 

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policies.objectives.advantages import build_pairs
-from policies.objectives.base import Example, Objective, TrainBatch
-from policies.objectives.options import DPOOptions
+from alignloop.policies.objectives.advantages import build_pairs
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch
+from alignloop.policies.objectives.options import DPOOptions
 
 
 def pair_margin(batch: TrainBatch) -> torch.Tensor:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policies.objectives.advantages import group_normalized_advantages
-from policies.objectives.base import Example, Objective, TrainBatch, masked_mean, sequence_mean
-from policies.objectives.options import GRPOOptions
-from policies.objectives.reinforce import with_signal
+from alignloop.policies.objectives.advantages import group_normalized_advantages
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean, sequence_mean
+from alignloop.policies.objectives.options import GRPOOptions
+from alignloop.policies.objectives.reinforce import with_signal
 
 
 def clipped_surrogate(

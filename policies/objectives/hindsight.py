@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.objectives.base import Example, Objective, TrainBatch
-from policies.objectives.cut import judgment_messages
-from policies.objectives.sft import sft_loss
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch
+from alignloop.policies.objectives.cut import judgment_messages
+from alignloop.policies.objectives.sft import sft_loss
 
 PERFECT = "The response is perfect."  # for a positive whose judge gave no critique
 

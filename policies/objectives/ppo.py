@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policies.objectives.advantages import rloo_advantages
-from policies.objectives.base import Example, Objective, TrainBatch, masked_mean
-from policies.objectives.grpo import clipped_surrogate
-from policies.objectives.options import PPOOptions
+from alignloop.policies.objectives.advantages import rloo_advantages
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean
+from alignloop.policies.objectives.grpo import clipped_surrogate
+from alignloop.policies.objectives.options import PPOOptions
 
 
 def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from policies.objectives.base import Objective
-from policies.objectives.cut import CUT
-from policies.objectives.dpo import DPO
-from policies.objectives.grpo import GRPO
-from policies.objectives.hindsight import Hindsight
-from policies.objectives.ppo import PPO
-from policies.objectives.reinforce import Reinforce
-from policies.objectives.rloo import RLOO
-from policies.objectives.rwr import RWR
-from policies.objectives.sft import FilteredSFT
+from alignloop.policies.objectives.base import Objective
+from alignloop.policies.objectives.cut import CUT
+from alignloop.policies.objectives.dpo import DPO
+from alignloop.policies.objectives.grpo import GRPO
+from alignloop.policies.objectives.hindsight import Hindsight
+from alignloop.policies.objectives.ppo import PPO
+from alignloop.policies.objectives.reinforce import Reinforce
+from alignloop.policies.objectives.rloo import RLOO
+from alignloop.policies.objectives.rwr import RWR
+from alignloop.policies.objectives.sft import FilteredSFT
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "sft": FilteredSFT,

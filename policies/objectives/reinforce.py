@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policies.objectives.advantages import mean_baseline_advantages
-from policies.objectives.base import Example, Objective, TrainBatch
+from alignloop.policies.objectives.advantages import mean_baseline_advantages
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch
 
 
 def reinforce_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:

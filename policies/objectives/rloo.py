@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.objectives.advantages import rloo_advantages
-from policies.objectives.base import Example, Objective, TrainBatch
-from policies.objectives.reinforce import reinforce_loss, with_signal
+from alignloop.policies.objectives.advantages import rloo_advantages
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch
+from alignloop.policies.objectives.reinforce import reinforce_loss, with_signal
 
 
 class RLOO(Objective):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policies.objectives.advantages import reward
-from policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
+from alignloop.policies.objectives.advantages import reward
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
 
 
 def rwr_weights(rewards: np.ndarray, beta: float) -> np.ndarray:

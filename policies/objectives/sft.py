@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
-from policies.objectives.options import SFTOptions
+from alignloop.policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
+from alignloop.policies.objectives.options import SFTOptions
 
 
 def accepted(example: Example, options: SFTOptions) -> bool:

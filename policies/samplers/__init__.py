@@ -8,8 +8,8 @@ Importing this package imports torch (the transformers sampler); vLLM is importe
 vLLM sampler is built.
 """
 
-from policies.samplers.hf import HFSampler
-from policies.samplers.vllm import VLLMSampler
+from alignloop.policies.samplers.hf import HFSampler
+from alignloop.policies.samplers.vllm import VLLMSampler
 
 # `sampler.backend` -> the class the sampler actors run.
 SAMPLERS: dict[str, type] = {"hf": HFSampler, "vllm": VLLMSampler}

@@ -13,9 +13,9 @@ from peft import PeftModel, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load as load_safetensors
 
-from records import Prompt, Sample
-from policies.adapter import AdapterMismatch, AdapterPayload
-from policies.model import sampler_workdir, resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
+from alignloop.records import Prompt, Sample
+from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.policies.model import sampler_workdir, resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
 
 
 class HFSampler:

@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from records import Prompt, Sample
-from policies.adapter import AdapterPayload
-from policies.model import sampler_workdir, load_tokenizer, render_prompt, resolve_model_path
-from policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids
+from alignloop.records import Prompt, Sample
+from alignloop.policies.adapter import AdapterPayload
+from alignloop.policies.model import sampler_workdir, load_tokenizer, render_prompt, resolve_model_path
+from alignloop.policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids
 
 
 class VLLMSampler:

@@ -100,7 +100,7 @@ def check_run(run_dir: Path) -> dict:
 def test_driver_attached_with_ray_address_places_actors_on_the_named_nodes(cluster, tiny_model, tmp_path):
     _, env = cluster
     prompts = write_prompts(tmp_path / "p.jsonl", n=8)
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml",
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml",
                           *overrides(tiny_model, prompts, tmp_path / "run")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -123,7 +123,7 @@ def test_job_submit_runs_merges_the_jobs_runtime_env_and_keeps_the_key_out(clust
         out = subprocess.run(
             ["ray", "job", "submit", "--address", env["RAY_JOB_ADDRESS"], "--working-dir", str(ROOT),
              "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", "--set", f"judge={judge}",
+             "python", "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml", "--set", f"judge={judge}",
              *overrides(tiny_model, prompts, tmp_path / "run")],
             cwd=ROOT, env={**env, "ALIGNLOOP_TEST_KEY": SECRET}, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -152,7 +152,7 @@ def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tm
     # however slow `ray job stop` is to arrive (with two, a fast machine finished first).
     sets = overrides(tiny_model, prompts, tmp_path / "run") + ["--set", "sampler.max_new_tokens=48",
                                                                "--set", "sampler.batch_size=1", "--set", "iterations=4"]
-    ref = subprocess.run([sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", *sets,
+    ref = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml", *sets,
                           "--set", f"run_dir={tmp_path / 'ref'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
@@ -160,7 +160,7 @@ def test_a_stopped_job_resubmitted_with_resume_completes(cluster, tiny_model, tm
     def submit(*extra: str) -> list[str]:
         return ["ray", "job", "submit", "--address", env["RAY_JOB_ADDRESS"], "--working-dir", str(ROOT),
                 "--runtime-env-json", json.dumps({"excludes": ["runs/", ".venv/", ".venv-vllm/", ".git/"]}), *extra,
-                "--", "python", "-m", "loop.cli", "run", "configs/cluster-cpu.yaml", *sets]
+                "--", "python", "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml", *sets]
 
     job_id = f"alignloop-test-{os.getpid()}"
     started = subprocess.run(submit("--no-wait", "--submission-id", job_id), cwd=ROOT, env=env,
@@ -198,7 +198,7 @@ def test_a_worker_node_removed_mid_run_stops_cleanly_and_resume_on_the_rest_comp
     sets = overrides(tiny_model, prompts, tmp_path / "run") + [
         "--set", "sampler.max_new_tokens=48", "--set", "sampler.batch_size=1", "--set", "iterations=3",
         "--set", "ray.actor_restart_timeout_s=20"]
-    args = [sys.executable, "-m", "loop.cli", "run", "configs/cluster-cpu.yaml"]
+    args = [sys.executable, "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml"]
     on_head = ["--set", "sampler.resources={node_a: 0.1}", "--set", "sampler.num_cpus=0"]
     ref = subprocess.run([*args, *sets, "--set", f"run_dir={tmp_path / 'ref'}", *on_head], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

@@ -26,11 +26,11 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     """Drives the Cycle in-process so the test can ask the sampler actors what they serve."""
     import ray
 
-    from loop.actors import Actors, start_ray
-    from loop.config import load_config
-    from loop.cycle import Cycle
-    from loop.store import prepare_run_dir
-    from loop.data import load_prompts
+    from alignloop.loop.actors import Actors, start_ray
+    from alignloop.loop.config import load_config
+    from alignloop.loop.cycle import Cycle
+    from alignloop.loop.store import prepare_run_dir
+    from alignloop.loop.data import load_prompts
 
     cfg = load_config(write_config(tmp_path, tiny_model, "run", sampler={"replicas": 2}))
     store = prepare_run_dir(cfg, resume=False, overwrite=False)
@@ -65,7 +65,7 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     assert [m["adapter_version"] for m in metrics] == [1, 2]
     assert all(m["n_samples"] == 12 and m["n_judge_errors"] == 0 for m in metrics)
     assert not (store.iter_dir(1) / "learner_state.pt").exists() and (store.iter_dir(2) / "learner_state.pt").exists()
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "status", str(store.root)], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "status", str(store.root)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "2 iteration(s) complete" in out.stdout
 
 
@@ -166,7 +166,7 @@ def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exi
     won = 1 - lost
     out = procs[lost].communicate()[0]
     assert procs[lost].returncode == 6 and "in use by another alignloop process" in out, out
-    overwrite = subprocess.run([sys.executable, "-m", "loop.cli", "run", str(paths[lost]), "--overwrite"], cwd=ROOT,
+    overwrite = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[lost]), "--overwrite"], cwd=ROOT,
                                capture_output=True, text=True, timeout=120)
     if procs[won].poll() is None:  # still running: the overwrite must not have touched it
         assert overwrite.returncode == 6, overwrite.stdout + overwrite.stderr
@@ -177,7 +177,7 @@ def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exi
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == won
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2]
-    again = subprocess.run([sys.executable, "-m", "loop.cli", "run", str(paths[won]), "--resume"], cwd=ROOT,
+    again = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[won]), "--resume"], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr  # the directory verifies as one whole run
 
@@ -187,7 +187,7 @@ def test_ray_processes_left_by_a_driver_killed_alone_are_removed_by_the_next_sta
     stay behind, reparented to init. The resumed run removes them before starting Ray."""
     import psutil
 
-    from loop import orphans
+    from alignloop.loop import orphans
 
     path = write_config(tmp_path, tiny_model, "run", **SLOW)
     before = {p.pid for p in orphans.orphans()}

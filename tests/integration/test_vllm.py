@@ -24,14 +24,14 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load as load_safetensors, save as save_safetensors  # noqa: E402
 
-from loop.actors import Actors, Exported, start_ray  # noqa: E402
-from loop.config import validate_config  # noqa: E402
-from loop.cycle import Cycle  # noqa: E402
-from loop.store import prepare_run_dir  # noqa: E402
-from loop.data import load_prompts  # noqa: E402
-from records import Judgment  # noqa: E402
-from policies.adapter import AdapterPayload  # noqa: E402
-from policies.objectives.base import Example  # noqa: E402
+from alignloop.loop.actors import Actors, Exported, start_ray  # noqa: E402
+from alignloop.loop.config import validate_config  # noqa: E402
+from alignloop.loop.cycle import Cycle  # noqa: E402
+from alignloop.loop.store import prepare_run_dir  # noqa: E402
+from alignloop.loop.data import load_prompts  # noqa: E402
+from alignloop.records import Judgment  # noqa: E402
+from alignloop.policies.adapter import AdapterPayload  # noqa: E402
+from alignloop.policies.objectives.base import Example  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +117,8 @@ def test_critique_judge_on_a_vllm_engine():
     self-contradicting score is an error, never a made-up verdict)."""
     import asyncio
 
-    from judges import build_judge
-    from records import Message, Prompt, Sample
+    from alignloop.judges import build_judge
+    from alignloop.records import Message, Prompt, Sample
 
     judge_cfg = validate_config({
         "name": "t", "data": {"path": "p.jsonl"},

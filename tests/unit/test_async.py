@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from loop.config import validate_config
-from loop.store import RunStore
-from records import Sample
+from alignloop.loop.config import validate_config
+from alignloop.loop.store import RunStore
+from alignloop.records import Sample
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import artifacts, assert_same, run_in_process
 
@@ -67,9 +67,9 @@ def test_a_resumed_run_samples_again_from_an_adapter_the_learner_has_left(tmp_pa
 
 def test_rows_from_an_older_policy_without_log_probs_are_refused(tiny_model):
     """Recomputed by the learner, pi_old would be its own policy and the ratio would be 1."""
-    from policies.learner import Learner
-    from policies.objectives.base import Example
-    from records import Judgment, Message, Prompt
+    from alignloop.policies.learner import Learner
+    from alignloop.policies.objectives.base import Example
+    from alignloop.records import Judgment, Message, Prompt
 
     cfg = validate_config(tiny_config(tiny_model, tiny_model / "unused.jsonl", tiny_model / "unused",
                                       learner={"objective": {"type": "grpo"}}))

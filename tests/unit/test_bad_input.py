@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.config import redact, validate_config
+from alignloop.loop.config import redact, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-proj-Zx81kdQ0aLmPq77Rt5UvWx9Yz"
@@ -21,7 +21,7 @@ KEY = "sk-proj-Zx81kdQ0aLmPq77Rt5UvWx9Yz"
 def cli(*args, env=None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "alignloop.loop.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 

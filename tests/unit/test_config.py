@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.data import prompt_files
-from loop.config import (
+from alignloop.loop.data import prompt_files
+from alignloop.loop.config import (
     ConfigError, apply_override, load_config, redact, resume_conflicts, to_yaml, validate_config,
 )
 
@@ -104,7 +104,7 @@ def test_resume_conflicts_ignore_iterations_ray_and_placement_only():
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "alignloop.loop.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
@@ -128,7 +128,7 @@ def test_cli_missing_config_file():
 
 
 def test_config_loading_does_not_import_torch_or_ray():
-    code = "import sys, loop.cli, loop.config, judges; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, alignloop.loop.cli, alignloop.loop.config, alignloop.judges; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"], out.stderr
 

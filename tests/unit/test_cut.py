@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from records import Judgment, Message, Prompt, Sample
-from policies.objectives.base import Example, TrainBatch
-from policies.objectives.cut import CUT, cut_loss
-from policies.objectives.hindsight import PERFECT, Hindsight
-from policies.objectives.options import CUTOptions, HindsightOptions
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.cut import CUT, cut_loss
+from alignloop.policies.objectives.hindsight import PERFECT, Hindsight
+from alignloop.policies.objectives.options import CUTOptions, HindsightOptions
 
 L = math.log
 
@@ -139,8 +139,8 @@ def test_hindsight_trains_every_judged_response_under_its_judgment():
 
 
 def test_learner_runs_both_contexts_of_negatives_in_one_forward_pass(tiny_model):
-    from loop.config import validate_config
-    from policies.learner import Learner
+    from alignloop.loop.config import validate_config
+    from alignloop.policies.learner import Learner
 
     cfg = validate_config({
         "name": "t", "data": {"path": "x"},
@@ -168,9 +168,9 @@ def test_learner_runs_both_contexts_of_negatives_in_one_forward_pass(tiny_model)
 def test_learner_maps_judged_spans_onto_the_sampled_tokens(tiny_model):
     """The batch's span mask is right-aligned like the response mask, covers exactly the
     tokens of the judged words, and a row whose spans cannot be mapped is counted."""
-    from loop.config import validate_config
-    from policies.learner import Learner
-    from records import Span
+    from alignloop.loop.config import validate_config
+    from alignloop.policies.learner import Learner
+    from alignloop.records import Span
 
     cfg = validate_config({
         "name": "t", "data": {"path": "x"},

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from loop.data import DataError, PromptStream, load_prompts
+from alignloop.loop.data import DataError, PromptStream, load_prompts
 
 ROOT_PROMPTS = "configs/prompts/quickstart.jsonl"
 
@@ -86,8 +86,8 @@ def test_stream_refuses_batches_larger_than_dataset():
 
 def test_a_saved_hf_dataset_with_a_column_mapping(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from loop.config import validate_config
-    from loop.data import load_data
+    from alignloop.loop.config import validate_config
+    from alignloop.loop.data import load_data
 
     rows = {"qid": ["a", "b"], "question": ["What is 2+2?", "Name a colour."], "answer": ["4", "red"]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))

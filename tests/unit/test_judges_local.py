@@ -8,13 +8,13 @@ import importlib.metadata
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from judges import build_judge
-from judges.plugins import PluginError, PythonJudgeConfig, build_plugin
-from judges.reward_model import check_labels
-from loop.actors import JudgeWorker
-from loop.config import ConfigError, validate_config
-from policies.model import Reply
-from records import Judgment
+from alignloop.judges import build_judge
+from alignloop.judges.plugins import PluginError, PythonJudgeConfig, build_plugin
+from alignloop.judges.reward_model import check_labels
+from alignloop.loop.actors import JudgeWorker
+from alignloop.loop.config import ConfigError, validate_config
+from alignloop.policies.model import Reply
+from alignloop.records import Judgment
 from tests.conftest import WORDS
 from tests.judge_fakes import make_cycle, prompts_and_samples
 
@@ -91,7 +91,7 @@ def tiny_reward_model(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from policies.tiny import build_tokenizer
+    from alignloop.policies.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(WORDS)
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from openai import AsyncOpenAI
 
-from judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig, retry_after
-from judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
-from loop.config import ConfigError, to_yaml, validate_config
-from records import Message, Prompt, Sample
+from alignloop.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig, retry_after
+from alignloop.judges.prompting import PromptOptions, Unparseable, parse_judgment, render_messages
+from alignloop.loop.config import ConfigError, to_yaml, validate_config
+from alignloop.records import Message, Prompt, Sample
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.judge_fakes import make_cycle, prompts_and_samples
 
@@ -229,8 +229,8 @@ def test_weak_judge_replies_are_errors_not_signals():
     out of tokens. Each is an error judgment (counted), never a critique or reward."""
     from types import SimpleNamespace
 
-    from judges.openai_judge import reply_text
-    from judges.prompting import Unparseable, parse_judgment
+    from alignloop.judges.openai_judge import reply_text
+    from alignloop.judges.prompting import Unparseable, parse_judgment
 
     echoed = '{"critique": "<the errors and shortcomings, or: The response is perfect.>", "verdict": "satisfactory", "score": 9}'
     with pytest.raises(Unparseable, match="echoed the prompt's placeholder"):

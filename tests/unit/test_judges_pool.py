@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from loop.actors import JudgeWorker
-from loop.cycle import JudgeErrorRate
-from records import Judgment, Prompt, Sample
-from loop.store import read_jsonl, write_jsonl
+from alignloop.loop.actors import JudgeWorker
+from alignloop.loop.cycle import JudgeErrorRate
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.loop.store import read_jsonl, write_jsonl
 from tests.judge_fakes import make_cycle, prompts_and_samples
 
 HERE = "tests.unit.test_judges_pool"
@@ -149,7 +149,7 @@ class MismatchedJudge:
 
 
 def test_judge_worker_turns_a_broken_judge_into_error_judgments():
-    from loop.config import validate_config
+    from alignloop.loop.config import validate_config
 
     cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"},
                            "judge": {"type": "python", "target": f"{HERE}:MismatchedJudge"}})

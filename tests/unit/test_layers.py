@@ -21,8 +21,20 @@ def imports(package: str) -> dict[str, set[str]]:
                 names |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module)
-        out[str(path.relative_to(ROOT))] = names
+        out[str(path.relative_to(ROOT))] = {n.removeprefix("alignloop.") for n in names}
     return out
+
+
+def test_everything_imports_through_the_alignloop_namespace():
+    """The folders install as alignloop.loop, alignloop.judges, ...: a bare `import records`
+    would pick up PyPI's package of that name, or fail in an installed wheel."""
+    for package in ("records", "judges", "policies", "loop"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+                bare = [n for n in names if n.split(".")[0] in ("records", "judges", "policies", "loop")]
+                assert not bare, f"{path.relative_to(ROOT)} imports {bare}; import them as alignloop.<name>"
 
 
 def test_imports_flow_one_way():
@@ -40,6 +52,6 @@ def test_ray_stays_at_the_edges():
 
 
 def test_offline_training_and_rounds_bookkeeping_do_not_import_ray():
-    code = "import sys, loop.offline, loop.series, loop.cli; print('ray' in sys.modules)"
+    code = "import sys, alignloop.loop.offline, alignloop.loop.series, alignloop.loop.cli; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr

@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from loop.config import validate_config
-from records import Judgment, Message, Prompt, Sample
-from policies.objectives.advantages import (
+from alignloop.loop.config import validate_config
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.objectives.advantages import (
     build_pairs, group_normalized_advantages, mean_baseline_advantages, rloo_advantages,
 )
-from policies.objectives.base import Example, TrainBatch
-from policies.objectives.dpo import dpo_loss
-from policies.objectives.grpo import clipped_surrogate, grpo_loss
-from policies.objectives.options import DPOOptions, GRPOOptions, PPOOptions, RLOOOptions, RWROptions
-from policies.objectives.ppo import ppo_loss
-from policies.objectives.registry import build_objective
-from policies.objectives.reinforce import reinforce_loss
-from policies.objectives.rwr import rwr_loss, rwr_weights
+from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.dpo import dpo_loss
+from alignloop.policies.objectives.grpo import clipped_surrogate, grpo_loss
+from alignloop.policies.objectives.options import DPOOptions, GRPOOptions, PPOOptions, RLOOOptions, RWROptions
+from alignloop.policies.objectives.ppo import ppo_loss
+from alignloop.policies.objectives.registry import build_objective
+from alignloop.policies.objectives.reinforce import reinforce_loss
+from alignloop.policies.objectives.rwr import rwr_loss, rwr_weights
 
 
 def example(pid: str, i: int, score: float | None, verdict: str | None = None) -> Example:
@@ -273,7 +273,7 @@ def test_rwr_select_weights_every_row():
 
 
 def learner_for(tiny_model, objective: dict, **learner):
-    from policies.learner import Learner
+    from alignloop.policies.learner import Learner
 
     cfg = validate_config({
         "name": "t", "data": {"path": "x"},

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.data import DataError
-from loop.offline import load_examples
-from records import Judgment, Message, Prompt, Sample
-from loop.store import write_jsonl
+from alignloop.loop.data import DataError
+from alignloop.loop.offline import load_examples
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.loop.store import write_jsonl
 from tests.conftest import tiny_config, write_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,14 +84,14 @@ def test_train_command_writes_an_adapter_that_a_run_can_start_from(tmp_path, tin
         {"instruction": "the cat", "output": "the big red dog ran on the mat", "judgment": "Too long."},
         {"instruction": "the dog", "output": "yes", "judgment": None},
     ])
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "train", str(config), "--data", str(data),
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "train", str(config), "--data", str(data),
                           "--out", str(tmp_path / "adapter")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())["n_negative"] == 1
 
-    from loop.config import validate_config
-    from policies.learner import Learner
+    from alignloop.loop.config import validate_config
+    from alignloop.policies.learner import Learner
 
     cfg["model"]["adapter"] = str(tmp_path / "adapter")
     learner = Learner(validate_config(cfg).model, validate_config(cfg).learner)
@@ -99,6 +99,6 @@ def test_train_command_writes_an_adapter_that_a_run_can_start_from(tmp_path, tin
     assert learner.export().weights == saved, "a run starting from the adapter serves exactly it as version 0"
 
     bad = write(tmp_path, [{"instruction": "x"}], name="bad.jsonl")
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "train", str(config), "--data", str(bad)],
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "train", str(config), "--data", str(bad)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "bad.jsonl:1: missing `output`" in out.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loop.config import validate_config
-from records import Judgment, Message, Prompt, Sample
-from policies.adapter import AdapterMismatch, AdapterPayload
-from policies.learner import Learner
-from policies.objectives.base import Example
-from policies.samplers.hf import HFSampler
+from alignloop.loop.config import validate_config
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.policies.learner import Learner
+from alignloop.policies.objectives.base import Example
+from alignloop.policies.samplers.hf import HFSampler
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_sampler_workdirs_live_in_the_cache_and_dead_samplers_dirs_are_removed(t
     import subprocess
     import sys
 
-    from policies.model import sampler_workdir
+    from alignloop.policies.model import sampler_workdir
 
     monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

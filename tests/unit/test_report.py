@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.config import validate_config
+from alignloop.loop.config import validate_config
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import run_in_process
 
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory, tiny_model) -> Path:
 
 
 def test_report_writes_a_page_and_its_plots(run_dir, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "report", str(run_dir), "--out", str(tmp_path / "r")],
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "report", str(run_dir), "--out", str(tmp_path / "r")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
@@ -38,13 +38,13 @@ def test_report_writes_a_page_and_its_plots(run_dir, tmp_path):
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 6, "the page must stand alone: plots embedded"
     assert "Best responses of iteration 2" in page and "Worst responses of iteration 2" in page
-    bad = subprocess.run([sys.executable, "-m", "loop.cli", "report", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "report", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "neither a run directory" in bad.stderr
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_report_renders_in_a_real_browser(run_dir, tmp_path):
-    from loop.report import write_report
+    from alignloop.loop.report import write_report
 
     page = write_report(run_dir, tmp_path / "r")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

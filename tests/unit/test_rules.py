@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from judges import build_judge
-from judges.rules import RulesJudgeConfig
-from records import Message, Prompt, Sample
+from alignloop.judges import build_judge
+from alignloop.judges.rules import RulesJudgeConfig
+from alignloop.records import Message, Prompt, Sample
 
 PROMPT = Prompt(id="p", messages=[Message(role="user", content="Explain tides.")])
 

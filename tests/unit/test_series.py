@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from loop.config import validate_config
-from loop.data import DataError, load_prompts, prompt_files
-from loop.lock import DirLock, Locked
-from loop.series import RoundEntry, Series, gate_verdict, round_config
-from loop.store import RunState, RunStore
+from alignloop.loop.config import validate_config
+from alignloop.loop.data import DataError, load_prompts, prompt_files
+from alignloop.loop.lock import DirLock, Locked
+from alignloop.loop.series import RoundEntry, Series, gate_verdict, round_config
+from alignloop.loop.store import RunState, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_state_json_of_an_older_run_still_loads(tmp_path):
 
 HOLD = """
 import sys, time
-from loop.lock import DirLock
+from alignloop.loop.lock import DirLock
 with DirLock(sys.argv[1], "series"):
     print("held", flush=True)
     time.sleep(60)
@@ -140,7 +140,7 @@ def test_a_second_run_on_a_busy_run_directory_exits_6_and_writes_nothing(tmp_pat
     try:
         assert holder.stdout.readline().strip() == "held"
         for args in (["run", str(config)], ["run", str(config), "--overwrite"]):
-            out = subprocess.run([sys.executable, "-m", "loop.cli", *args], capture_output=True, text=True, cwd=ROOT)
+            out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", *args], capture_output=True, text=True, cwd=ROOT)
             assert out.returncode == 6 and "in use by another alignloop process" in out.stderr, out.stderr
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"], "the refused runs must write nothing"
     finally:
@@ -155,12 +155,12 @@ def test_a_night_whose_prompt_file_has_not_arrived_exits_5_without_starting_anyt
     config.write_text(yaml.safe_dump({
         "name": "n", "data": {"path": str(tmp_path / "prompts" / "{round}.jsonl")},
         "judge": {"type": "rules", "checks": [{"type": "finished"}]}, "round": {"series_dir": str(tmp_path / "s")}}))
-    out = subprocess.run([sys.executable, "-m", "loop.cli", "round", str(config), "--round", "2026-12-02", "--json"],
+    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "round", str(config), "--round", "2026-12-02", "--json"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 5 and "no new prompts in" in out.stderr and "2026-12-02.jsonl" in out.stderr, out.stderr
     summary = json.loads(out.stdout.splitlines()[-1])
     assert summary["code"] == 5 and summary["series"] == str(tmp_path / "s")
     assert not (tmp_path / "s" / "series.json").exists() and not (tmp_path / "s" / "rounds").exists()
-    bad = subprocess.run([sys.executable, "-m", "loop.cli", "round", str(config), "--round", "../x"],
+    bad = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "round", str(config), "--round", "../x"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--round '../x'" in bad.stderr

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from records import Judgment, Message, Prompt, Sample
-from policies.objectives.base import Example, TrainBatch
-from policies.objectives.options import SFTOptions
-from policies.objectives.registry import build_objective
-from policies.objectives.sft import sft_loss
+from alignloop.records import Judgment, Message, Prompt, Sample
+from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.options import SFTOptions
+from alignloop.policies.objectives.registry import build_objective
+from alignloop.policies.objectives.sft import sft_loss
 
 
 def test_sft_loss_by_hand():

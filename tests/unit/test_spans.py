@@ -8,15 +8,15 @@ import asyncio
 import pytest
 import torch
 
-from judges import build_judge
-from judges.composite import CompositeJudgeConfig
-from judges.prompting import locate_quotes, parse_judgment
-from judges.rules import RulesJudgeConfig
-from policies.objectives.base import TrainBatch
-from policies.objectives.cut import cut_loss, inappropriate_tokens
-from policies.objectives.options import CUTOptions
-from policies.spans import covered_tokens, span_token_mask, token_char_ranges
-from records import Judgment, Message, Prompt, Sample, Span
+from alignloop.judges import build_judge
+from alignloop.judges.composite import CompositeJudgeConfig
+from alignloop.judges.prompting import locate_quotes, parse_judgment
+from alignloop.judges.rules import RulesJudgeConfig
+from alignloop.policies.objectives.base import TrainBatch
+from alignloop.policies.objectives.cut import cut_loss, inappropriate_tokens
+from alignloop.policies.objectives.options import CUTOptions
+from alignloop.policies.spans import covered_tokens, span_token_mask, token_char_ranges
+from alignloop.records import Judgment, Message, Prompt, Sample, Span
 
 PROMPT = Prompt(id="p", messages=[Message(role="user", content="Explain tides.")])
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from records import Judgment
-from loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
+from alignloop.records import Judgment
+from alignloop.loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
 
 
 def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from loop.actors import judge_queue
-from loop.config import validate_config
-from records import Judgment
+from alignloop.loop.actors import judge_queue
+from alignloop.loop.config import validate_config
+from alignloop.records import Judgment
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import artifacts
 from tests.helpers import run_in_process
@@ -58,7 +58,7 @@ class Recorder:
 
 
 def chunk(i: int) -> tuple:
-    from records import Sample
+    from alignloop.records import Sample
 
     return ([None], [Sample(id=f"s{i}", prompt_id="p", response="x", policy_version=0)])
 

