@@ -1,4 +1,4 @@
-"""The categorical bandit of Tajwar et al. 2024 (METHODS.md §2), trained through alignloop's
+"""The categorical bandit of Tajwar et al. 2024 (docs/methods.md §2), trained through alignloop's
 own objective classes: select() builds the advantages or pairs from Judgment.score, loss()
 takes a TrainBatch, exactly as the LLM learner calls them.
 

@@ -1,4 +1,4 @@
-"""CUT on a tiny language model where good samples are rare (METHODS.md §1), run through
+"""CUT on a tiny language model where good samples are rare (docs/methods.md §1), run through
 alignloop's own Learner (a LoRA adapter on the pretrained tiny model) and HFSampler: each
 round samples from the newest adapter, judges with the rule judge, learns one iteration and
 publishes the adapter to the sampler, as the online loop does (without Ray).

@@ -6,9 +6,9 @@ threshold, measured on every run), and exits 1 if any check fails.
     .venv/bin/python scripts/reproduce.py --only bandit      # the categorical bandit only
     .venv/bin/python scripts/reproduce.py --only cut --seeds 0,1
 
-bandit  Tajwar et al. 2024 (METHODS.md §2), scripts/repro_bandit.py: on-policy sampling and
+bandit  Tajwar et al. 2024 (docs/methods.md §2), scripts/repro_bandit.py: on-policy sampling and
         negative gradients vs offline maximum likelihood on a 100-action categorical bandit.
-cut     Xu et al. 2023 (METHODS.md §1), scripts/repro_cut.py + repro_cut_task.py: online CUT
+cut     Xu et al. 2023 (docs/methods.md §1), scripts/repro_cut.py + repro_cut_task.py: online CUT
         vs filtered SFT vs Hindsight vs unlikelihood on every token, on a tiny pretrained
         chat model through alignloop's Learner and HFSampler.
 

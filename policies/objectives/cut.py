@@ -1,5 +1,5 @@
 """CUT — Contrastive Unlikelihood Training (Xu et al. 2023, "Reasons to Reject?"), as the
-official code does it (METHODS.md §1).
+official code does it (docs/methods.md §1).
 
 For a negative response y with judgment j:
   Align-N:   NLL of y under [x, j]                (the judgment "explains" y)
