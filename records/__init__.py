@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alignloop.records.metrics import MetricCollision, merge_metrics  # noqa: F401  (re-exported)
+
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
