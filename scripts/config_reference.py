@@ -22,6 +22,8 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
 def type_name(tp) -> str:
     text = str(tp).replace("typing.", "").replace("NoneType", "None")
+    # Name a config class by the package users import it from, not the file it is defined in.
+    text = text.replace("alignloop.loop.config.schema.", "alignloop.loop.config.")
     if isinstance(tp, type):
         text = tp.__name__
     return text.replace("Annotated[", "").split(", FieldInfo")[0].split(", Discriminator")[0]

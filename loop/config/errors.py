@@ -1,0 +1,103 @@
+"""Config errors: pydantic's errors turned into one line each that names the field as the
+user wrote it, what is wrong, and what is allowed there."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from alignloop.loop.config.schema import RunConfig
+# ConfigError lives at the bottom layer (records) so that judges and policies can raise it too.
+from alignloop.records.errors import ConfigError  # noqa: F401 - re-exported: loop.config.ConfigError
+
+
+def format_error(err: dict, raw: dict) -> str:
+    """One line: the field path as the user wrote it, what is wrong, and what is allowed."""
+    path, model = _user_path(err["loc"], raw)
+    where = ".".join(str(p) for p in path) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(sorted(model.model_fields)) if model else "?"
+        return f"{where}: unknown field; allowed here: {allowed}"
+    if kind == "missing":
+        return f"{where}: required field is missing"
+    if kind == "union_tag_invalid":
+        return f"{where}.type: {err['input'].get('type')!r} is not known; use one of {err['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return f"{where}: needs a `type` field naming which kind it is"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "secret":  # never echo what may be a key
+        return f"{where}: {msg}"
+    if "input" in err and not isinstance(err["input"], (dict, list)):
+        return f"{where}: {msg} (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def _user_path(loc: tuple, raw: Any) -> tuple[list, type[BaseModel] | None]:
+    """pydantic puts union tags into `loc` (judge.rules.checks...); keep only the segments
+    that index into what the user wrote, and return the model class at the end of the path."""
+    path, node, tp = [], raw, RunConfig
+    for seg in loc:
+        if isinstance(node, dict) and seg in node:
+            path.append(seg)
+            node = node[seg]
+            tp = _field_type(tp, seg)
+        elif isinstance(node, list) and isinstance(seg, int) and seg < len(node):
+            path.append(seg)
+            node = node[seg]
+            tp = _item_type(tp)
+        elif isinstance(node, dict) and isinstance(seg, str) and node.get("type") == seg:
+            tp = _union_member(tp, seg)  # a union tag: not part of the user's path
+        else:
+            path.append(seg)  # a missing or extra key: the last segment
+            tp = None
+    model = tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+    if model is None and path and loc and loc[-1] == path[-1]:
+        # For an extra or missing key, report the fields of the model that contains it.
+        model = _model_at(path[:-1], raw)
+    return path, model
+
+
+def _model_at(path: list, raw: Any) -> type[BaseModel] | None:
+    node, tp = raw, RunConfig
+    for seg in path:
+        if isinstance(seg, int):
+            tp, node = _item_type(tp), node[seg]
+        else:
+            tp, node = _field_type(tp, seg), node.get(seg) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "type" in node:
+            tp = _union_member(tp, node["type"]) or tp
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _strip(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _field_type(tp: Any, name: str) -> Any:
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and name in tp.model_fields:
+        return _strip(tp.model_fields[name].annotation)
+    return None
+
+
+def _item_type(tp: Any) -> Any:
+    tp = _strip(tp)
+    args = typing.get_args(tp)
+    return _strip(args[0]) if typing.get_origin(tp) is list and args else None
+
+
+def _union_member(tp: Any, tag: str) -> Any:
+    tp = _strip(tp)
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for m in members:
+        m = _strip(m)
+        if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields:
+            if m.model_fields["type"].default == tag:
+                return m
+    return None

@@ -1,0 +1,39 @@
+"""Loading a run config: a YAML file, then the `--set` overrides, then validation against
+the schema; every problem is a ConfigError that says what to set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from alignloop.loop.config.errors import ConfigError, format_error
+from alignloop.loop.config.overrides import apply_override
+from alignloop.loop.config.schema import RunConfig
+from alignloop.records.errors import read_utf8
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; pass the YAML config file, e.g. configs/quickstart.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(read_utf8(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [format_error(err, raw) for err in e.errors()]
+        raise ConfigError(f"{source}: {len(lines)} error(s)\n" + "\n".join(f"  {l}" for l in lines)) from None
