@@ -15,8 +15,8 @@ cut     Xu et al. 2023 (docs/methods.md §1), scripts/repro_cut.py + repro_cut_t
 --smoke shrinks every size (a few steps, one round) to test the plumbing in seconds; its
 numbers mean nothing and its checks may fail.
 
---readme README.md writes what it printed (tables and checks) into the README between the
-`<!-- reproduce:begin -->` and `<!-- reproduce:end -->` lines, so the README's tables are
+--readme docs/reproduction.md writes what it printed (tables and checks) into that page between the
+`<!-- reproduce:begin -->` and `<!-- reproduce:end -->` lines, so its tables are
 always the script's own output and cannot drift from the code (full runs of both suites only).
 """
 
