@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from alignloop.loop.config import ConfigError, load_config, to_yaml
+from alignloop.loop.exits import Exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             from alignloop.loop.report import write_report
 
             print(f"report: {write_report(Path(args.run_dir), args.out)}")
-            return 0
+            return Exit.OK
         if args.command == "round" and args.fresh_optimizer:
             args.overrides.append("round.fresh_optimizer=true")
         cfg = load_config(args.config, args.overrides)
@@ -66,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         if args.dry_run:
             print(to_yaml(cfg), end="")
-            return 0
+            return Exit.OK
     except ConfigError as e:
         print(f"alignloop: {e}", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
 
-    from alignloop.loop.cycle import run as run_cycle  # imports torch and Ray
+    from alignloop.loop.run import run as run_cycle  # imports torch and Ray
 
     code = guarded(lambda: run_cycle(cfg, resume=args.resume, overwrite=args.overwrite))
     if code == 0:
@@ -79,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-# Exit codes (the README lists them): 0 done / promoted, 1 a crash, 2 config or data error,
-# 3 judge error budget, 4 round not promoted by the gate, 5 no new prompts, 6 locked.
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
-    from alignloop.loop.actors import ActorLost
-    from alignloop.loop.cycle import JudgeErrorRate
+    from alignloop.loop.roles.protocols import ActorLost
+    from alignloop.loop.steps import JudgeErrorRate
     from alignloop.loop.data import DataError
     from alignloop.loop.lock import Locked
     from alignloop.policies.model import ModelNotFound
@@ -93,17 +92,17 @@ def guarded(work) -> int:
         work()
     except (ConfigError, DataError, ModelNotFound) as e:
         print(f"alignloop: {e}", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
     except JudgeErrorRate as e:  # the run stopped itself on purpose; everything finished is saved
         print(f"alignloop: stopped: {e}", file=sys.stderr)
-        return 3
+        return Exit.JUDGE_ERRORS
     except Locked as e:
         print(f"alignloop: {e}", file=sys.stderr)
-        return 6
+        return Exit.LOCKED
     except ActorLost as e:  # killed, out of memory, or its node removed; nothing finished is lost
         print(f"alignloop: stopped: {e}", file=sys.stderr)
-        return 7
-    return 0
+        return Exit.ACTOR_LOST
+    return Exit.OK
 
 
 def run_round(cfg, round_id: str, as_json: bool) -> int:
@@ -111,7 +110,7 @@ def run_round(cfg, round_id: str, as_json: bool) -> int:
 
     if not re.fullmatch(r"[A-Za-z0-9._-]+", round_id):
         print(f"alignloop: --round {round_id!r}: use only letters, digits, '.', '_' and '-'", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
     result = []
     code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
     if result:
@@ -131,10 +130,10 @@ def train_offline(cfg, data: str, out: str | None) -> int:
         result = train(cfg, data, out)
     except DataError as e:
         print(f"alignloop: {e}", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
     print(json.dumps(result, indent=2))
     print(f"adapter: {result['adapter']} (start a run from it with --set model.adapter={result['adapter']})")
-    return 0
+    return Exit.OK
 
 
 COLUMNS = [
@@ -154,12 +153,12 @@ def show_status(run_dir: Path) -> int:
     state = store.load_state()  # a damaged file is a ConfigError: reported, exit 2
     if state is None:
         print(f"alignloop: {run_dir} is not a run directory (no state.json)", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
     rows = store.read_metrics()
     print(f"{run_dir}: last finished step: iteration {state.iteration} {state.step}; "
           f"adapter v{state.adapter_version}; {len(rows)} iteration(s) complete")
     print(format_table(rows))
-    return 0
+    return Exit.OK
 
 
 def format_table(rows: list[dict], columns=COLUMNS) -> str:
@@ -187,7 +186,7 @@ def show_series(root: Path) -> int:
         rounds = series.rounds()
     except ConfigError as e:
         print(f"alignloop: {e}", file=sys.stderr)
-        return 2
+        return Exit.CONFIG
     rows = [{
         "id": r.id, "status": r.status, "n_prompts": r.n_prompts, "iterations": r.iterations,
         "train_pass": r.train.get("pass_rate"), "before": (r.eval_before or {}).get("pass_rate"),
@@ -198,7 +197,7 @@ def show_series(root: Path) -> int:
     now = f"current: {series.current} -> v{promoted.adapter_version} of round {promoted.id}" if promoted else "current: none promoted yet"
     print(f"{root}: series of {len(rounds)} round(s); {now}")
     print(format_table(rows, SERIES_COLUMNS))
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

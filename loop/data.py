@@ -18,7 +18,7 @@ import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from pydantic import ValidationError
@@ -215,16 +215,25 @@ def check_batch_fits(n: int, per_iteration: int) -> None:
         )
 
 
+class StreamPosition(TypedDict):
+    """Where a PromptStream stands (saved in state.json)."""
+
+    epoch: int
+    position: int
+    order: list[int] | None
+
+
 class PromptStream:
     """Draws `per_iteration` prompts at a time. No prompt is reused until every prompt has been
     drawn once; then the order is reshuffled. A batch that crosses that boundary never holds a
     prompt twice. The position is plain data, saved in state.json, so a resumed run draws
     exactly what an uninterrupted one would have."""
 
-    def __init__(self, n: int, per_iteration: int, seed: int, shuffle: bool = True, state: dict | None = None):
+    def __init__(self, n: int, per_iteration: int, seed: int, shuffle: bool = True,
+                 state: StreamPosition | None = None):
         check_batch_fits(n, per_iteration)
         self.n, self.per_iteration, self.seed, self.shuffle = n, per_iteration, seed, shuffle
-        state = state or {"epoch": 0, "position": 0, "order": None}
+        state = state or StreamPosition(epoch=0, position=0, order=None)
         self.epoch, self.position = state["epoch"], state["position"]
         self.order = state["order"] if state.get("order") is not None else self._new_order(self.epoch, [])
 
@@ -245,8 +254,8 @@ class PromptStream:
             self.position += take
         return batch
 
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "order": self.order}
+    def state(self) -> StreamPosition:
+        return StreamPosition(epoch=self.epoch, position=self.position, order=self.order)
 
 
 def content_hash(prompt: Prompt) -> str:

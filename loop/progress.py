@@ -22,6 +22,11 @@ class Phase:
     def update(self, n: int) -> None:
         self.bar.update(n)
 
+    def progress(self, done: int, total: int) -> None:
+        """`done` of `total` (a total known only once the phase runs, e.g. optimizer steps)."""
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
 
 @contextmanager
 def phase(name: str, total: int, unit: str):

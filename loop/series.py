@@ -23,16 +23,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignloop.loop.config import ConfigError, RunConfig
+from alignloop.loop.exits import Exit
 from alignloop.loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
 from alignloop.loop.lock import DirLock
 from alignloop.loop.metrics import judgment_metrics
 from alignloop.loop.preflight import preflight_run
 from alignloop.loop.progress import eval_line
-from alignloop.loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, prepare_run_dir, write_jsonl
+from alignloop.loop.store import (
+    RunState, RunStore, atomic_write_dir, atomic_write_text, mark_run_dir, prepare_run_dir, write_jsonl,
+)
+from alignloop.policies.adapter import AdapterPayload
 from alignloop.records import Prompt
+from alignloop.records.metrics import merge_metrics
 
 # Exit codes a scheduler reads (also 2: config or data error, 3: judge error budget, 1: a crash).
-PROMOTED, REJECTED, NO_NEW_PROMPTS, LOCKED = 0, 4, 5, 6
+PROMOTED, REJECTED, NO_NEW_PROMPTS, LOCKED = Exit.OK, Exit.REJECTED, Exit.NO_NEW_PROMPTS, Exit.LOCKED
 EVAL_STEP = 0  # the sampling seed of every eval: before and after see the same draw
 
 
@@ -151,10 +156,20 @@ class RoundResult:
         } if e else {})}
 
 
+def check_round_id(round_id: str) -> None:
+    """A round id names the round's run directory, rounds/<id>: a plain name only, so that no
+    id (`..`, `a/b`) puts the round's run directory anywhere else, the series itself included."""
+    plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in round_id)
+    if not round_id or round_id.startswith(".") or not plain:
+        raise ConfigError(f"--round {round_id!r}: a round id names the directory rounds/<id>; use only letters, "
+                          "digits, '.', '_' and '-', not starting with '.' (e.g. 2026-12-01)")
+
+
 def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
     """One round of the series, under the series lock: draw new prompts, train from the
     promoted adapter, gate, promote. Rerunning a finished round reports it; an unfinished one
     resumes where it stopped."""
+    check_round_id(round_id)
     series = Series(cfg.series_dir)
     with DirLock(series.root, "series"):
         done = series.get(round_id)
@@ -212,25 +227,24 @@ class Round:
         self.cfg = round_config(cfg, self.dir, entry.n_prompts)
 
     def run(self) -> RoundResult:
-        # Imported here, not at the top: loop.cycle brings torch and Ray, and a finished
-        # round, a locked series or a night without new prompts should answer at once.
-        from alignloop.loop.cycle import Cycle, opened, started_actors
-        from alignloop.loop.tracking import Tracking
+        # Imported here, not at the top: loop.run brings torch and Ray, and a finished round,
+        # a locked series or a night without new prompts should answer at once.
+        from alignloop.loop.run import iterate, started
 
+        mark_run_dir(self.dir)  # rounds/<id> is the series' own, holding the drawn prompts already
         store = prepare_run_dir(self.cfg, resume=True, overwrite=False)
         if store.load_state() is None:
             store.save_state(self.initial_state())
         prompts = load_data(self.cfg.data)
-        tracking = Tracking(self.cfg, store, base=self.entry.base)
-        with started_actors(self.cfg) as actors, opened(tracking):
-            store.log_placement(actors.placement())
-            cycle = Cycle(self.cfg, store, actors, prompts, tracking)
-            cycle.restore()
-            gate = self.cfg.round.eval
-            before = self.evaluate(cycle, "eval-before", self.entry.start_checksum) if gate else None
-            metrics = cycle.run_iterations()
-            after = self.evaluate(cycle, "eval-after", cycle.payload.checksum) if gate else None
-        return self.finish(cycle, metrics, before, after)
+        gate = self.cfg.round.eval
+        with started(self.cfg, store, prompts, tracking_base=self.entry.base) as steps:
+            adapter = steps.restore()
+            # The gate's own judge (if any) runs beside the run's, in judge workers of its own.
+            judges = steps.roles.judges_for(gate.judge) if gate and gate.judge is not None else steps.roles.judges
+            before = self.evaluate(steps.roles.samplers, judges, "eval-before", self.entry.start_checksum) if gate else None
+            adapter = iterate(steps, adapter)
+            after = self.evaluate(steps.roles.samplers, judges, "eval-after", adapter.payload.checksum) if gate else None
+        return self.finish(adapter.payload, store.read_metrics(), before, after)
 
     def initial_state(self) -> RunState:
         """Where the round starts: the promoted adapter with its optimizer state (or the
@@ -244,10 +258,10 @@ class Round:
             base=self.entry.base, origin=origin, origin_optimizer=not self.cfg.round.fresh_optimizer,
         )
 
-    def evaluate(self, cycle, name: str, checksum: str | None) -> dict:
+    def evaluate(self, samplers, judges, name: str, checksum: str | None) -> dict:
         """Sample and judge the held-out prompts with the adapter the samplers serve now; the
         result is cached per adapter, so the promoted adapter is evaluated once."""
-        from alignloop.loop.cycle import JudgeErrorRate, judge_samples, sample_prompts
+        from alignloop.loop.steps import check_error_budget, judge_samples, sample_prompts
 
         out = self.dir / name
         if (out / "metrics.json").exists():
@@ -257,28 +271,26 @@ class Round:
         source = "cached" if (cached / "metrics.json").exists() else "computed"
         if source == "computed":
             prompts = load_prompts(gate.path)
-            actors = cycle.actors
-            samples, sample_s = sample_prompts(actors.samplers, self.cfg, prompts, EVAL_STEP, gate.samples_per_prompt)
-            judges = actors.eval_judges if gate.judge is not None else actors.judges
+            samples, sample_s = sample_prompts(samplers, self.cfg, prompts, EVAL_STEP, gate.samples_per_prompt)
             judgments, extra = judge_samples(judges, self.cfg, prompts, samples)
-            metrics = {**judgment_metrics(judgments), "n_prompts": len(prompts), "n_samples": len(samples),
-                       "adapter_checksum": checksum, "sample_s": sample_s, **extra}
+            metrics = merge_metrics(judgment_metrics(judgments), {"n_prompts": len(prompts), "n_samples": len(samples),
+                                    "adapter_checksum": checksum, "sample_s": sample_s}, extra)
             records = {"samples.jsonl": _jsonl(samples), "judgments.jsonl": _jsonl(judgments)}
-            if metrics["judge_error_rate"] > self.cfg.judging.max_error_rate:
-                # Kept for inspection, without metrics.json: a rerun evaluates again.
-                atomic_write_dir(out, records)
-                raise JudgeErrorRate(
-                    f"round {self.entry.id}: {metrics['n_judge_errors']}/{len(judgments)} {name} judgments failed "
-                    f"(> judging.max_error_rate {self.cfg.judging.max_error_rate:.0%}); first error: "
-                    f"{next(j.error for j in judgments if j.error)}. They are in {out}; fix the judge and rerun the round")
+            try:
+                check_error_budget(self.cfg, judgments, f"round {self.entry.id}: {name}", out,
+                                   "fix the judge and rerun the round")
+            except Exception:
+                atomic_write_dir(out, records)  # kept for inspection, without metrics.json: a rerun evaluates again
+                raise
             atomic_write_dir(cached, {**records, "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()})
         atomic_write_dir(out, {f.name: f.read_bytes() for f in cached.iterdir() if f.is_file()})
         result = json.loads((out / "metrics.json").read_text())
         print(eval_line(name, result, source), flush=True)
         return result
 
-    def finish(self, cycle, metrics: list[dict], before: dict | None, after: dict | None) -> RoundResult:
-        e, payload = self.entry, cycle.payload
+    def finish(self, payload: AdapterPayload, metrics: list[dict], before: dict | None,
+               after: dict | None) -> RoundResult:
+        e = self.entry
         last = metrics[-1] if metrics else {}
         e.train = {k: last.get(k) for k in ("pass_rate", "mean_score", "loss", "n_train")}
         e.iterations = self.cfg.iterations  # a resumed round may have been given more

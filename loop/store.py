@@ -21,22 +21,21 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Literal, TypeVar
+from typing import Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel
 
 from alignloop.loop.config import ConfigError, RunConfig, resume_conflicts, to_yaml
+from alignloop.loop.cursor import STEPS, Cursor, Step
 from alignloop.policies.adapter import WEIGHTS, AdapterPayload
 from alignloop.records import Judgment, Prompt, Sample
 
-STEPS = ("sample", "judge", "learn")
 # mkstemp creates files 0600; artifacts should get the usual permissions (the umask's).
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-Step = Literal["sample", "judge", "learn"]
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -94,7 +93,7 @@ class RunState:
     step: Step = "learn"
     adapter_version: int = 0
     adapter_checksum: str | None = None
-    data: dict = field(default_factory=dict)
+    cursor: Cursor = field(default_factory=Cursor)
     # Where the run starts (a nightly round: the series' promoted adapter). `base` iterations
     # ran before it in its series: this run's iteration i is the series' base + i, which seeds
     # sampling and training, so N one-iteration rounds equal one N-iteration run.
@@ -112,6 +111,20 @@ class RunState:
         if i == len(STEPS) - 1:
             return self.iteration + 1, STEPS[0]
         return self.iteration, STEPS[i + 1]
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["data"] = out.pop("cursor").to_json()  # "data": the name state.json has always used
+        return {k: out[k] for k in ("iteration", "step", "adapter_version", "adapter_checksum", "data", "base",
+                                    "origin", "origin_optimizer")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunState":
+        data = dict(data)
+        cursor = data.pop("data", {})
+        if not isinstance(cursor, dict):
+            raise TypeError("'data' is not an object")
+        return cls(**data, cursor=Cursor.from_json(cursor))
 
 
 class RunStore:
@@ -198,12 +211,12 @@ class RunStore:
             return None
         data = self._json(self.state_path)
         try:
-            return RunState(**data)
-        except TypeError as e:
+            return RunState.from_json(data)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
             raise self.damaged(self.state_path, f"not a run state ({e})") from None
 
     def save_state(self, state: RunState) -> None:
-        atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2) + "\n")
+        atomic_write_text(self.state_path, json.dumps(state.to_json(), indent=2) + "\n")
 
     # config ------------------------------------------------------------------
     @property
@@ -214,11 +227,14 @@ class RunStore:
         return self.state_path.exists() or any(self.root.glob("iter-*"))
 
     def reset(self) -> None:
-        """Start over: remove everything alignloop wrote here (only called on --overwrite)."""
-        if self.root.exists():  # all but the lock, which the caller holds
-            for p in self.root.iterdir():
-                if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        """Start over (--overwrite): remove what a run writes here and nothing else. The user's
+        files beside it stay, and so does the lock, which the caller holds; the marker goes
+        last, so a reset killed half-way leaves a directory that is still alignloop's."""
+        if not self.root.is_dir():
+            return
+        for p in sorted(self.root.iterdir(), key=lambda p: p.name == MARKER):
+            if written_by_a_run(p.name):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     # metrics -----------------------------------------------------------------
     def write_metrics(self, iteration: int, metrics: dict) -> None:
@@ -268,8 +284,8 @@ class RunStore:
             samples = _count_lines(d / "samples.jsonl")
             if "judge" in steps and _count_lines(d / "judgments.jsonl") != samples:
                 raise self.damaged(d / "judgments.jsonl", f"{_count_lines(d / 'judgments.jsonl')} judgments for {samples} samples")
-        for j, entry in sorted(state.data.get("ahead", {}).items()):  # sampled ahead of the learner
-            steps = STEPS[: STEPS.index(entry.get("step", "learn")) + 1]
+        for j, entry in sorted((state.cursor.ahead or {}).items()):  # sampled ahead of the learner
+            steps = STEPS[: STEPS.index(entry.step) + 1]
             for name in [f for step in steps if step != "learn" for f in need[step]]:
                 if not (self.iter_dir(int(j)) / name).exists():
                     raise self.damaged(self.iter_dir(int(j)) / name,
@@ -302,19 +318,95 @@ def _count_lines(path: Path) -> int:
     return sum(1 for line in path.read_bytes().splitlines() if line.strip())
 
 
+# ---------------------------------------------------------------------------------------------
+# Whose directory it is: a run goes only into a new or empty directory or one alignloop made,
+# and --overwrite removes only what a run writes.
+# ---------------------------------------------------------------------------------------------
+
+# The file alignloop puts in every run directory it makes or prepares.
+MARKER = ".alignloop-run"
+MARKER_TEXT = ("An alignloop run directory: `alignloop run --overwrite` deletes what the run wrote here (config.yaml, "
+               "state.json, metrics.jsonl, placement.jsonl, tracking.json, tracking/, start-adapter/, iter-*/) and nothing else.\n")
+# What a run writes at the top of its directory besides iter-NNNN/: what reset() removes.
+RUN_FILES = ("config.yaml", "state.json", "metrics.jsonl", "placement.jsonl", "tracking.json", "tracking",
+             "start-adapter", MARKER)
+LOCK = ".lock"  # loop/lock.py's file, taken before the directory is prepared
+
+
+def mark_run_dir(root: str | Path) -> None:
+    """Record that alignloop made this run directory (or adopted one from before the marker)."""
+    atomic_write_text(Path(root) / MARKER, MARKER_TEXT)
+
+
+def is_run_dir(root: str | Path) -> bool:
+    """alignloop's own run directory: it holds the marker, or it is a run from before the
+    marker: config.yaml and an iter-NNNN/ directory (state.json too once a step finished)."""
+    root = Path(root)
+    if (root / MARKER).is_file():
+        return True
+    return (root / "config.yaml").is_file() and any(_is_iteration(p.name) and p.is_dir() for p in root.iterdir())
+
+
+def _is_iteration(name: str) -> bool:
+    return name.startswith("iter-") and name[5:].isdigit()
+
+
+def written_by_a_run(name: str) -> bool:
+    """Whether reset() removes this entry of a run directory: a run's file, an iteration, or
+    what an atomic write killed half-way leaves of one (`.<name>.<random>.tmp`, `.<name>.old`)."""
+    if name in RUN_FILES or _is_iteration(name):
+        return True
+    return any(name.startswith(f".{f}.") and (name.endswith(".tmp") or name == f".{f}.old") for f in RUN_FILES)
+
+
+def others_files(root: str | Path) -> list[str]:
+    """What a directory holds besides alignloop's lock ([] for a new or an empty one)."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if p.name != LOCK) if root.is_dir() else []
+
+
+def refuse_unsafe_dir(path: str | Path, flag: str, fix: str) -> None:
+    """`/`, the home directory and the current directory are never a run's or an adapter's own
+    directory: refused however empty they are, so a slip such as `--set run_dir=.` deletes nothing."""
+    resolved = Path(path).resolve()
+    for place, what in ((Path("/"), "the filesystem root"), (Path.home(), "your home directory"),
+                        (Path.cwd(), "the current directory")):
+        if resolved == place.resolve():
+            raise ConfigError(f"{flag}: {path} is {what}, which alignloop never clears or replaces; {fix}")
+
+
+def check_ownership(root: Path, overwrite: bool, name: str) -> None:
+    """A run writes only into a new or empty directory or a run directory of alignloop's, and
+    --overwrite clears only the latter: a directory of the user's files is never touched."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run_dir {root}: is a file, not a directory; set run_dir to a directory, e.g. runs/{name}")
+    if overwrite:
+        refuse_unsafe_dir(root, "--overwrite", f"set run_dir to a directory of its own, e.g. --set run_dir=runs/{name}")
+    found = others_files(root)
+    if found and not is_run_dir(root):
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        why = ("--overwrite clears only a run directory alignloop made" if overwrite else
+               "a run goes only into a new or empty directory or a run directory alignloop made")
+        raise ConfigError(f"{root} is not an alignloop run directory (no {MARKER}) and holds files ({shown}); {why}: "
+                          f"set run_dir to a new directory (e.g. --set run_dir=runs/{name}) or move those files away")
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
-    """check_run_dir, then start over (--overwrite) and save the resolved config."""
+    """check_run_dir, then start over (--overwrite), mark the directory as alignloop's and
+    save the resolved config."""
     store = check_run_dir(cfg, resume, overwrite)
     if overwrite:
         store.reset()
+    mark_run_dir(store.root)  # a run from before the marker gets it here
     atomic_write_text(store.config_path, to_yaml(cfg))
     return store
 
 
 def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
-    """Refuse to mix two configs in one run directory, or to clobber progress by accident.
-    Reads only."""
+    """Refuse to write into a directory alignloop did not make, to mix two configs in one run
+    directory, or to clobber progress by accident. Reads only."""
     store = RunStore(cfg.resolved_run_dir)
+    check_ownership(store.root, overwrite, cfg.name)
     if overwrite:
         return store
     if store.has_progress():

@@ -19,6 +19,14 @@ class AdapterMismatch(Exception):
     pass
 
 
+def check_serving(served: tuple[int | None, str | None], expected: tuple[int, str] | None) -> None:
+    """A sampler asked to sample from `expected` (version, checksum) refuses while it serves
+    anything else, so no sample is ever drawn from a stale or missing adapter."""
+    if expected is not None and tuple(served) != tuple(expected):
+        raise AdapterMismatch(f"serving adapter v{served[0]} ({str(served[1])[:12]}), asked to sample from "
+                              f"v{expected[0]} ({expected[1][:12]})")
+
+
 @dataclass(frozen=True)
 class AdapterPayload:
     version: int

@@ -28,14 +28,15 @@ VARIANTS = {
 
 ONE = """
 import json, sys, time
-from alignloop.loop.actors import Actors, start_ray
+from alignloop.loop.roles.ray_roles import RayRoles
+from alignloop.loop.roles.ray_runtime import start_ray
 from alignloop.loop.config import load_config
 import ray
 cfg = load_config(sys.argv[1])
 t0 = time.perf_counter()
 start_ray(cfg.ray)
 t1 = time.perf_counter()
-actors = Actors(cfg)
+actors = RayRoles(cfg)
 actors.wait_ready()
 t2 = time.perf_counter()
 actors.shutdown()

@@ -5,7 +5,7 @@ of the rule judge's checks passed) as a markdown table.
     .venv/bin/python scripts/compare_objectives.py                                # 6 iterations x 16 prompts
     .venv/bin/python scripts/compare_objectives.py --iterations 1 --prompts 4     # a smoke run
 
-Each objective is a real run of the loop (loop.cycle.run) on configs/quickstart.yaml with only
+Each objective is a real run of the loop (alignloop.loop.run.run) on configs/quickstart.yaml with only
 `learner.objective` changed, taken from configs/<objective>.yaml so the table measures what
 those configs run. Run directories: runs/compare-objectives/<objective>/, overwritten.
 """

@@ -1,7 +1,7 @@
 """Run several variants of one config side by side and print their metrics as a table: the
 helper behind scripts/compare_cut.py and scripts/compare_objectives.py.
 
-Each variant is a full `alignloop run` (loop.cycle.run) of the same config with its own
+Each variant is a full `alignloop run` (alignloop.loop.run.run) of the same config with its own
 overrides, in `<out>/<variant>/`; the metrics come back from its metrics.jsonl, as any run's.
 """
 
@@ -18,7 +18,7 @@ def run_variants(config: str | Path, variants: dict[str, list[str]], out: Path, 
                  overwrite: bool = False) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Per variant: its per-iteration metrics and its wall time. `overwrite` starts each run
     over; otherwise a finished run is read back and an unfinished one resumed."""
-    from alignloop.loop.cycle import run
+    from alignloop.loop.run import run
 
     results, wall = {}, {}
     for name, overrides in variants.items():

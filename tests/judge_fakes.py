@@ -1,4 +1,4 @@
-"""Drive Cycle's judge step without Ray: handles whose `.method.remote(...)` call a plain
+"""Drive the judge step without Ray: handles whose `.method.remote(...)` call a plain
 JudgeWorker and return an awaitable, as a Ray ObjectRef is."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from pydantic import BaseModel, ConfigDict
 
-from alignloop.loop.actors import JudgePool, JudgeWorker, judge_name
+from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
 from alignloop.loop.config import validate_config
 from alignloop.records import Message, Prompt, Sample
 from alignloop.loop.store import RunStore
@@ -47,17 +47,26 @@ def prompts_and_samples(texts: list[str]) -> tuple[list[Prompt], list[Sample]]:
     return prompts, samples
 
 
-def make_cycle(judge: dict, run_dir: Path, actors: int = 2, handles=None, **judging):
-    """A Cycle over a real RunStore whose judge actors are FakeHandles around JudgeWorkers."""
-    from alignloop.loop.cycle import Cycle
+def make_steps(judge: dict, run_dir: Path, actors: int = 2, handles=None, **judging):
+    """The steps over a real RunStore whose judge actors are FakeHandles around JudgeWorkers."""
+    from alignloop.loop.steps import Steps
 
     cfg = validate_config({"name": "t", "run_dir": str(run_dir), "data": {"path": "unused.jsonl", "prompts_per_iteration": 1},
                            "judge": judge, "judging": {"actors": actors, **judging}})
     if handles is None:
         handles = [FakeHandle(JudgeWorker(cfg.judge)) for _ in range(actors)]
     dataset = [Prompt(id="d", messages=[Message(role="user", content="unused")])]  # the judge step draws none
-    pool = JudgePool(handles, cfg.judging.in_flight, judge_name(cfg.judge))
-    return Cycle(cfg, RunStore(run_dir), SimpleNamespace(judges=pool), dataset)
+    pool = JudgeWorkers(handles, cfg.judging.in_flight, judge_name(cfg.judge))
+    return Steps(cfg, RunStore(run_dir), SimpleNamespace(judges=pool), dataset)
+
+
+def judge(steps, prompts: list[Prompt], samples: list[Sample]):
+    """The judge phase alone: the judgments and the metrics a judge step would record."""
+    from alignloop.loop.metrics import judgment_metrics
+    from alignloop.loop.steps import judge_samples
+
+    judgments, extra = judge_samples(steps.roles.judges, steps.cfg, prompts, samples)
+    return judgments, {**extra, **judgment_metrics(judgments)}
 
 
 class SlowRules:

@@ -14,7 +14,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load as load_safetensors
 
 from alignloop.records import Prompt, Sample
-from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.policies.adapter import AdapterMismatch, AdapterPayload, check_serving
 from alignloop.policies.model import sampler_workdir, resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
 
 
@@ -77,9 +77,12 @@ class HFSampler:
 
     # sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None) -> list[Sample]:
-        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order.
+    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None,
+                 adapter: tuple[int, str] | None = None) -> list[Sample]:
+        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order,
+        from `adapter` (version, checksum) when given: a sampler serving another refuses.
         `seed` fixes the draw, so the same chunk gives the same samples on any replica."""
+        check_serving(self.serving(), adapter)
         torch.manual_seed(seed)
         k = n or self.cfg.samples_per_prompt
         prompt_ids = [render_prompt(self.tokenizer, p.messages) for p in prompts]

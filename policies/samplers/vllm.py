@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alignloop.records import Prompt, Sample
-from alignloop.policies.adapter import AdapterPayload
+from alignloop.policies.adapter import AdapterPayload, check_serving
 from alignloop.policies.model import sampler_workdir, load_tokenizer, render_prompt, resolve_model_path
 from alignloop.policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids
 
@@ -76,10 +76,13 @@ class VLLMSampler:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # sampling ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None) -> list[Sample]:
-        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order.
+    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None,
+                 adapter: tuple[int, str] | None = None) -> list[Sample]:
+        """k = n (default samples_per_prompt) responses for every prompt, prompt-major order,
+        from `adapter` (version, checksum) when given: a sampler serving another refuses.
         Prompt i gets seed + i*k and vLLM gives its j-th response seed + i*k + j, so the same
         chunk gives the same samples on any replica, whatever else the engine is batching."""
+        check_serving(self.serving(), adapter)
         k = n or self.cfg.samples_per_prompt
         ids = [render_prompt(self.tokenizer, p.messages) for p in prompts]
         params = [self.params(seed + i * k, k) for i in range(len(prompts))]

@@ -23,14 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
-    """Drives the Cycle in-process so the test can ask the sampler actors what they serve."""
+    """Drives the steps in this process so the test can ask the sampler actors what they serve."""
     import ray
 
-    from alignloop.loop.actors import Actors, start_ray
     from alignloop.loop.config import load_config
-    from alignloop.loop.cycle import Cycle
-    from alignloop.loop.store import prepare_run_dir
     from alignloop.loop.data import load_prompts
+    from alignloop.loop.roles.ray_roles import RayRoles
+    from alignloop.loop.roles.ray_runtime import start_ray
+    from alignloop.loop.schedules.sequential import iteration
+    from alignloop.loop.steps import Steps
+    from alignloop.loop.store import prepare_run_dir
 
     cfg = load_config(write_config(tmp_path, tiny_model, "run", sampler={"replicas": 2}))
     store = prepare_run_dir(cfg, resume=False, overwrite=False)
@@ -38,22 +40,24 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     # A local instance advertises (and so binds) loopback only, and runs no dashboard.
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-    actors = Actors(cfg)
+    actors = RayRoles(cfg)
+
+    def served() -> list[tuple]:
+        return [tuple(v) for v in ray.get([h.serving.remote() for h in actors.samplers.handles])]
+
     try:
-        cycle = Cycle(cfg, store, actors, load_prompts(cfg.data.path))
-        cycle.restore()
-        assert actors.samplers.serving() == [(0, cycle.payload.checksum)] * 2
-        cycle.iteration(1, "sample")
-        published = cycle.payload
+        steps = Steps(cfg, store, actors, load_prompts(cfg.data.path))
+        start = steps.restore()
+        assert served() == [(0, start.payload.checksum)] * 2
+        published = iteration(steps, 1).payload
         assert published.version == 1
         # After iteration 1 every sampler serves exactly the adapter the learner published.
-        served = actors.samplers.serving()
-        assert served == [(1, published.checksum)] * 2
+        assert served() == [(1, published.checksum)] * 2
         learner_now = actors.learner.export().payload
         assert learner_now.checksum == published.checksum
         on_disk = (store.iter_dir(1) / "adapter" / "adapter_model.safetensors").read_bytes()
         assert on_disk == published.weights
-        cycle.iteration(2, "sample")
+        iteration(steps, 2)
         samples = [json.loads(l) for l in (store.iter_dir(2) / "samples.jsonl").read_text().splitlines()]
         assert {s["policy_version"] for s in samples} == {1}
         assert len(samples) == 4 * 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.loop.actors import ACTOR_ENV, sampler_placement
+from alignloop.loop.roles.ray_runtime import ACTOR_ENV, sampler_placement
 from alignloop.loop.config import validate_config
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def test_tensor_parallel_engine_gets_a_packed_group_that_its_actor_sees():
     import ray
     from ray.util.placement_group import remove_placement_group
 
-    from alignloop.loop.actors import local_only
+    from alignloop.loop.roles.ray_runtime import local_only
 
     local_only()
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")

@@ -24,9 +24,12 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load as load_safetensors, save as save_safetensors  # noqa: E402
 
-from alignloop.loop.actors import Actors, Exported, start_ray  # noqa: E402
+from alignloop.loop.roles.protocols import Exported  # noqa: E402
+from alignloop.loop.roles.ray_roles import RayRoles  # noqa: E402
+from alignloop.loop.roles.ray_runtime import start_ray  # noqa: E402
 from alignloop.loop.config import validate_config  # noqa: E402
-from alignloop.loop.cycle import Cycle  # noqa: E402
+from alignloop.loop.schedules.sequential import iteration  # noqa: E402
+from alignloop.loop.steps import Steps  # noqa: E402
 from alignloop.loop.store import prepare_run_dir  # noqa: E402
 from alignloop.loop.data import load_prompts  # noqa: E402
 from alignloop.records import Judgment  # noqa: E402
@@ -71,12 +74,25 @@ def loop(tmp_path_factory):
     cfg = validate_config(run_config(tmp_path_factory.mktemp("vllm")))
     store = prepare_run_dir(cfg, resume=False, overwrite=False)
     start_ray(cfg.ray)
-    actors = Actors(cfg)
+    actors = RayRoles(cfg)
     try:
-        yield cfg, store, actors, Cycle(cfg, store, actors, load_prompts(cfg.data.path))
+        yield cfg, store, actors, Cycle(Steps(cfg, store, actors, load_prompts(cfg.data.path)))
     finally:
         actors.shutdown()
         ray.shutdown()
+
+
+class Cycle:
+    """The steps and the adapter the samplers serve, one iteration at a time."""
+
+    def __init__(self, steps: Steps):
+        self.steps, self.prompts, self.payload = steps, steps.prompts, None
+
+    def restore(self) -> None:
+        self.payload = self.steps.restore().payload
+
+    def iteration(self, i: int, first: str) -> None:
+        self.payload = iteration(self.steps, i, first).payload
 
 
 def sampler_state(actors) -> dict:

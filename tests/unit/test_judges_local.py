@@ -1,8 +1,8 @@
-"""Local judges (reward model, critique model), the composite judge and custom plugins."""
+"""Local judges (reward model, critique model) on tiny random models, the composite judge and
+custom plugins. The embedded 135M model as a judge is tests/integration/test_judges_local.py."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 
 import pytest
@@ -11,24 +11,15 @@ from pydantic import BaseModel, ConfigDict
 from alignloop.judges import build_judge
 from alignloop.judges.plugins import PluginError, PythonJudgeConfig, build_plugin
 from alignloop.judges.reward_model import check_labels
-from alignloop.loop.actors import JudgeWorker
-from alignloop.loop.config import ConfigError, validate_config
+from alignloop.loop.roles.judges import JudgeWorker
+from alignloop.loop.config import ConfigError
 from alignloop.policies.model import Reply
 from alignloop.records import Judgment
 from tests.conftest import WORDS
+from tests.helpers import judge_all, judge_config
 from tests.judge_fakes import make_cycle, prompts_and_samples
 
 HERE = "tests.unit.test_judges_local"
-
-
-def judge_all(judge, texts):
-    prompts, samples = prompts_and_samples(texts)
-    by_id = {p.id: p for p in prompts}
-    return samples, asyncio.run(judge.judge([by_id[s.prompt_id] for s in samples], samples))
-
-
-def judge_config(raw: dict):
-    return validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": raw}).judge
 
 
 # Plugin judges used below (loaded by import path, as a user's would be) ---------------------
@@ -173,25 +164,6 @@ def test_constrained_decoding_needs_a_tokenizer_that_can_write_json(tiny_model):
     cfg = judge_config({"type": "critique_model", "path": str(tiny_model)})
     with pytest.raises(ConfigError, match="tokenizer cannot drive constrained decoding.*judge.constrained: false"):
         cfg.preflight()
-
-
-@pytest.mark.integration  # loads the embedded 135M model and judges with it (about 20 s)
-def test_constrained_decoding_makes_the_embedded_model_a_judge_that_parses():
-    """Unconstrained, SmolLM2-135M echoes the prompt's marker lines and no reply parses; inside
-    the schema, every reply is a judgment (the parser's own content checks still apply)."""
-    texts = ["Red, green and blue.", "I like turtles.", "The capital of France is Berlin.", "No."]
-    base = {"type": "critique_model", "path": "smollm2-135m-instruct", "device": "cpu", "threads": 2,
-            "max_new_tokens": 200, "batch_size": 4}
-    free = build_judge(judge_config({**base, "constrained": False, "max_new_tokens": 64}))
-    _, unconstrained = judge_all(free, texts)
-    assert all(j.error for j in unconstrained), [j.critique for j in unconstrained]
-    config = judge_config({**base, "max_critique_chars": 160})
-    config.preflight()
-    _, out = judge_all(build_judge(config), texts)
-    for j in out:
-        assert j.error is None or "placeholder" in j.error or "self-contradicting" in j.error, j.error
-        assert j.error or (j.verdict in ("positive", "negative") and 0 <= j.score <= 1 and len(j.critique) <= 160)
-    assert sum(j.error is None for j in out) >= 3
 
 
 # composite --------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from alignloop.loop.actors import judge_queue
+from alignloop.loop.roles.judges import judge_queue
+from alignloop.loop.roles.protocols import JudgeChunk
 from alignloop.loop.config import validate_config
 from alignloop.records import Judgment
 from tests.conftest import tiny_config, write_prompts
@@ -57,10 +58,10 @@ class Recorder:
         return type("M", (), {"remote": staticmethod(call)})
 
 
-def chunk(i: int) -> tuple:
+def chunk(i: int) -> JudgeChunk:
     from alignloop.records import Sample
 
-    return ([None], [Sample(id=f"s{i}", prompt_id="p", response="x", policy_version=0)])
+    return JudgeChunk([None], [Sample(id=f"s{i}", prompt_id="p", response="x", policy_version=0)])
 
 
 @pytest.mark.parametrize("fail_one", [False, True], ids=["all-live", "one-dies"])

@@ -1,0 +1,137 @@
+"""The Ray runtime: start a local instance or attach to a cluster, place actors, and resolve
+their calls. The only module besides loop/roles/ray_roles.py that imports Ray."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from alignloop.loop import orphans
+from alignloop.loop.config import BUILTIN_RESOURCES, RayConfig
+from alignloop.loop.roles.protocols import ActorLost, actor_error
+from alignloop.policies.adapter import AdapterMismatch
+
+# How long a tensor-parallel sampler waits for its GPUs before the run gives up.
+PLACEMENT_TIMEOUT_S = 300
+
+# Set on every actor; Ray merges an actor's env_vars into the job's (a submitted job's own
+# variables stay). Secrets are never put here: judges read their key on the node they run on.
+ACTOR_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+
+
+def start_ray(cfg: RayConfig) -> None:
+    """Attach to `ray.address` or $RAY_ADDRESS; otherwise start a local instance that listens
+    on 127.0.0.1 only and starts no dashboard unless asked."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # No job-level runtime_env here: under `ray job submit` the job has its own (working
+        # dir, env vars); what alignloop needs goes on its actors (ACTOR_ENV), which Ray merges
+        # into the job's rather than replacing it.
+        ray.init(address=address, log_to_driver=True)
+        return
+    local_only()
+    left = orphans.reap()
+    if left:
+        print(f"removed {len(left)} Ray process(es) a killed run had left behind: {', '.join(left)}", flush=True)
+    ray.init(
+        num_cpus=cfg.num_cpus or os.cpu_count(),
+        include_dashboard=cfg.dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+
+
+def local_only() -> None:
+    """Make a local Ray instance advertise, and so bind, 127.0.0.1 instead of the machine's
+    routable address. Ray has one switch for this, its single-machine mode (named for
+    Windows/macOS); the environment variable reaches the raylet and workers, the constant
+    the already imported driver."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def is_builtin_resource(name: str) -> bool:
+    return name in BUILTIN_RESOURCES or name.startswith("node:")
+
+
+def sampler_placement(sampler) -> tuple[dict, object | None]:
+    """Actor options for one sampler replica, and the placement group made for it (or None).
+
+    One engine on one device: plain actor resources. A tensor-parallel engine: a placement
+    group of one bundle per GPU, packed on one node (the shards talk over NVLink/PCIe, not the
+    network); the actor runs in bundle 0 without a GPU of its own, and vLLM's Ray executor,
+    which finds the group through the actor (child tasks are captured), puts one GPU worker
+    in each bundle."""
+    tp = sampler.engine.tensor_parallel_size
+    if tp == 1:
+        return dict(num_cpus=sampler.num_cpus, num_gpus=sampler.num_gpus, max_restarts=1,
+                    resources=sampler.resources or None, runtime_env=ACTOR_ENV), None
+    first = {"GPU": 1, **({"CPU": sampler.num_cpus} if sampler.num_cpus else {}), **sampler.resources}
+    group = placement_group([first] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
+    try:
+        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"no node has {tp} free GPUs for a tensor-parallel sampler engine (waited {PLACEMENT_TIMEOUT_S}s); "
+            "lower sampler.replicas or sampler.vllm.tensor_parallel_size, or add GPU nodes"
+        ) from None
+    strategy = PlacementGroupSchedulingStrategy(
+        placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+    )
+    return dict(num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy,
+                runtime_env=ACTOR_ENV), group
+
+
+def node_placement(groups: dict[str, list]) -> dict:
+    """The Ray node id each actor runs on, per group, asked of the actors themselves, and each
+    node's custom resources, so a line says which node is which."""
+    def node_of(handle):
+        return handle.__ray_call__.remote(lambda actor: ray.get_runtime_context().get_node_id())
+
+    refs = {group: [node_of(h) for h in handles] for group, handles in groups.items()}
+    nodes = {n["NodeID"]: n for n in ray.nodes()}
+    out = {group: ray.get(r) for group, r in refs.items()}
+    out["nodes"] = {nid: sorted(k for k in nodes[nid]["Resources"] if not is_builtin_resource(k))
+                    for nid in sorted({n for ids in out.values() for n in ids}) if nid in nodes}
+    return out
+
+
+def lost(e: Exception) -> ActorLost:
+    return ActorLost(actor_error(e), restarting=isinstance(e, ray.exceptions.ActorUnavailableError))
+
+
+class RayCalls:
+    """Resolves actor calls (object refs); a dead actor is an ActorLost."""
+
+    def get(self, futures, timeout: float | None = None):
+        try:
+            return ray.get(futures, timeout=timeout)
+        except ray.exceptions.RayActorError as e:
+            raise lost(e) from None
+        except ray.exceptions.GetTimeoutError:
+            raise ActorLost(f"no answer within {timeout:.0f} s (its node may have left the cluster)") from None
+
+    def each_settled(self, futures: dict):
+        """(key, result) as each call finishes; the result is an ActorLost for a call whose
+        actor died, the AdapterMismatch for a sampler that no longer serves the adapter."""
+        index = {ref: key for key, ref in futures.items()}
+        pending = list(index)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield index[done[0]], ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                yield index[done[0]], lost(e)
+            except AdapterMismatch as e:  # Ray's task error is also an instance of its cause
+                yield index[done[0]], e
