@@ -2,7 +2,7 @@
 Hindsight: same prompts, seeds and sample budget; prints per-iteration pass rate, mean score,
 learn time and rows trained as markdown tables.
 
-    .venv/bin/python scripts/compare_cut.py --task quickstart --iterations 4   # the README's tables
+    .venv/bin/python scripts/compare_cut.py --task quickstart --iterations 4   # docs/benchmarks.md's tables
     .venv/bin/python scripts/compare_cut.py --task rare                        # good samples are rare
     .venv/bin/python scripts/compare_cut.py --objectives cut-spans,sft --iterations 2
 

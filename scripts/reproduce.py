@@ -39,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every check must hold for each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the fastest on a shared 2-core machine)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: tests the plumbing, not the findings")
-    parser.add_argument("--readme", type=Path, help="write the report into this README between the reproduce markers")
+    parser.add_argument("--readme", type=Path, help="write the report into this Markdown page (docs/reproduction.md) between the reproduce markers")
     args = parser.parse_args(argv)
     if args.readme and (args.smoke or args.only):
         parser.error("--readme takes the full report: drop --smoke and --only")
