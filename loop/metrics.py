@@ -28,8 +28,9 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
         "judge_error_rate": errors / max(1, len(judgments)),
         # mean seconds per judgment as the judge reported it (a batch call's time, per sample)
         "judge_latency_s": sum(latencies) / len(latencies) if latencies else None,
-        # where the judge located the faults (CUT's `detection: spans` trains on them)
-        "negatives_with_spans": sum(bool(j.spans) for j in negatives) / len(negatives) if negatives else None,
+        # where the judge located the faults (CUT's `detection: spans` trains on them); CUT's
+        # own cut_negatives_with_spans counts only the negatives it trained on
+        "judged_negatives_with_spans": sum(bool(j.spans) for j in negatives) / len(negatives) if negatives else None,
         "unlocated_quotes": sum(j.unlocated_quotes for j in judgments),
     }
 

@@ -15,10 +15,17 @@ from pathlib import Path
 
 from alignloop.loop.data import DataError, row_to_prompt, utf8_lines
 from alignloop.records import Judgment, Prompt, Sample
-from alignloop.loop.store import read_jsonl
+from alignloop.loop.store import read_jsonl, refuse_unsafe_dir
+from alignloop.policies.adapter import CONFIG, WEIGHTS
 from alignloop.policies.objectives.base import Example
+from alignloop.records.errors import ConfigError
 
 POSITIVE_SCORE = 7  # official CUT code: a judgment scored >= 7 is satisfactory
+# What `train` writes into its output directory. It replaces the whole directory, so it takes
+# only a new or empty one or an earlier train's output: a mistyped --out deletes nothing.
+OUT_MARKER = ".alignloop-adapter"
+OUT_MARKER_TEXT = "Written by `alignloop train`, which replaces this directory when it is given it as --out again.\n"
+OUT_FILES = (WEIGHTS, CONFIG, "train_metrics.json", OUT_MARKER)
 
 
 def load_examples(path: str | Path) -> list[Example]:
@@ -97,15 +104,30 @@ def train(cfg, data: str, out: str | None = None) -> dict:
     from alignloop.loop.store import atomic_write_dir, atomic_write_text
     from alignloop.policies.learner import Learner
 
-    examples = load_examples(data)
     out_dir = Path(out or cfg.resolved_run_dir / "offline-adapter")
+    check_out_dir(out_dir)  # before minutes of training
+    examples = load_examples(data)
     learner = Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed)
-    n_steps = learner.begin(examples, iteration=1)
-    with phase("training", n_steps, "step") as bar:
-        for _ in range(n_steps):
-            learner.step()
-            bar.update(1)
-    metrics = {"n_examples": len(examples), **learner.finish(), "data": str(data)}
-    atomic_write_dir(out_dir, learner.export().files())
+    with phase("training", None, "step") as bar:  # one call: the count shows when it returns
+        learned = learner.learn(examples, iteration=1)
+        bar.update(learner.progress()[0])
+    metrics = {"n_examples": len(examples), **learned, "data": str(data)}
+    check_out_dir(out_dir)  # again: the directory may have changed while it trained
+    atomic_write_dir(out_dir, {**learner.export().files(), OUT_MARKER: OUT_MARKER_TEXT.encode()})
     atomic_write_text(out_dir / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
     return {**metrics, "adapter": str(out_dir)}
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output directory that holds anything `train` did not write: it is replaced whole."""
+    refuse_unsafe_dir(out, "--out", "pass --out a new directory for the adapter")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        kind = "a symlink" if out.is_symlink() else "a file"
+        raise ConfigError(f"--out {out}: is {kind}, not a directory; pass --out a new directory for the adapter")
+    names = {p.name for p in out.iterdir()} if out.exists() else set()
+    earlier = names <= set(OUT_FILES) and bool(names & {OUT_MARKER, "train_metrics.json"})
+    if names and not earlier:
+        found = sorted(names - set(OUT_FILES)) or sorted(names)
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ConfigError(f"--out {out}: holds files alignloop train did not write ({shown}), and train replaces the "
+                          "whole directory; pass --out a new or empty directory, or move those files away")

@@ -1,8 +1,9 @@
 """The learner: a PEFT LoRA adapter on the policy, one objective, AdamW state kept across
 iterations, and adapter export for publishing.
 
-One iteration is `begin(examples)` -> `step()` x n -> `finish()`, so the caller can show
-progress; `learn(examples)` does all three.
+One iteration is one call, `learn(examples, iteration)`, so a learner in another process costs
+one round trip per iteration; `progress()` answers from another thread meanwhile, which is
+how a caller shows a progress bar.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from alignloop.policies.model import resolve_model_path, load_model, load_tokeni
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.spans import span_token_mask
+from alignloop.records import merge_metrics
 
 
 class Learner:
@@ -51,11 +53,11 @@ class Learner:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=learner_cfg.lr, weight_decay=learner_cfg.weight_decay)
         self.version = 0
-        self._plan: list[list[Example]] = []
         self._old: dict[str, list[float]] = {}  # sample id -> log-probs of the sampling policy
         self._spans: dict[str, list[float] | None] = {}  # sample id -> per-token span cover
-        self._step = 0
-        self._log: list[dict] = []
+        # (steps done, steps planned); replaced whole, never mutated, so that progress() can
+        # read it from another thread while learn() runs (one attribute read is atomic).
+        self._progress: tuple[int, int] = (0, 0)
 
     # weights -------------------------------------------------------------------------------
     def export(self) -> AdapterPayload:
@@ -81,38 +83,60 @@ class Learner:
         self.version = version if version is not None else saved["version"] if saved else payload.version
 
     # one iteration -------------------------------------------------------------------------
-    def learn(self, examples: list[Example], iteration: int) -> dict:
-        for _ in range(self.begin(examples, iteration)):
-            self.step()
-        return self.finish()
+    def learn(self, examples: list[Example], iteration: int, version: int | None = None) -> dict:
+        """Train one iteration on `examples`: select the rows, plan the minibatches, take every
+        optimizer step, and number the new adapter `version` (default: the next one; a nightly
+        round numbers it after its series, which may hold rejected versions above the one it
+        started from). Returns the learn metrics: the step metrics averaged over the steps,
+        then the selection's."""
+        t0 = time.perf_counter()
+        self._progress = (0, 0)
+        plan, selected = self._begin(examples, iteration)
+        self._progress = (0, len(plan))
+        log = []
+        for k, rows in enumerate(plan):
+            log.append(self._step(rows, k, len(plan)))
+            self._progress = (k + 1, len(plan))
+        self.version = version if version is not None else self.version + 1
+        return merge_metrics(mean_metrics(log), selected, {"steps": len(log), "learn_s": time.perf_counter() - t0})
 
-    def begin(self, examples: list[Example], iteration: int) -> int:
-        """Select the rows, plan the minibatches; returns the number of optimizer steps."""
-        self._t0 = time.perf_counter()
+    def progress(self) -> tuple[int, int]:
+        """(optimizer steps done, steps planned) of the iteration learn() is running, or of the
+        last one; (0, 0) while it is still selecting and planning. Safe from another thread."""
+        return self._progress
+
+    def _begin(self, examples: list[Example], iteration: int) -> tuple[list[list[Example]], dict]:
+        """Select the rows, fix what stays fixed over the iteration (span covers, the sampling
+        policy's log-probs), plan the minibatches; returns the plan and the selection metrics."""
         rng = np.random.default_rng([self.seed, iteration])
         torch.manual_seed(self.seed * 1_000_003 + iteration)  # LoRA dropout
-        rows, self._select_metrics = self.objective.select(examples, rng)
-        self._select_metrics.update(sampling_entropy(examples), **advantage_stats(rows))
+        rows, selected = self.objective.select(examples, rng)
+        metrics = merge_metrics(selected, sampling_entropy(examples), advantage_stats(rows))
         self._old, self._spans = {}, {}
         if self.objective.needs_spans:
-            self._select_metrics.update(self.map_spans(rows))
+            metrics = merge_metrics(metrics, self.map_spans(rows))
         if self.objective.needs_old_logprobs:
             self._old, gap = self.fix_old_logprobs(rows)
-            self._select_metrics.update(gap)
+            metrics = merge_metrics(metrics, gap)
+        return self._plan(rows, rng), metrics
+
+    def _plan(self, rows: list[Example], rng: np.random.Generator) -> list[list[Example]]:
+        """The rows of each optimizer step: every epoch shuffles whole units (pairs stay pairs)
+        and cuts them into minibatches."""
         unit = self.objective.unit
         units = [rows[i : i + unit] for i in range(0, len(rows), unit)]
         per_step = max(1, self.cfg.minibatch_size // unit)
-        self._plan = []
+        plan = []
         for _ in range(self.cfg.epochs):
             order = rng.permutation(len(units))
             for s in range(0, len(units), per_step):
-                self._plan.append([row for u in order[s : s + per_step] for row in units[u]])
-        self._step, self._log = 0, []
-        return len(self._plan)
+                plan.append([row for u in order[s : s + per_step] for row in units[u]])
+        return plan
 
-    def step(self) -> dict:
-        rows = self._plan[self._step]
-        self._set_lr(self._step, len(self._plan))
+    def _step(self, rows: list[Example], step: int, total: int) -> dict:
+        """One optimizer step over `rows`, micro-batch by micro-batch; returns its metrics
+        (each micro-batch's weighted by its share of the rows)."""
+        self._set_lr(step, total)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
@@ -123,25 +147,14 @@ class Learner:
             batch = self.batch(chunk)
             loss, m = self.objective.loss(batch)
             (loss * len(chunk) / len(rows)).backward()
-            for key, value in {"loss": loss.item(), **m, **reference_kl(batch)}.items():
+            for key, value in merge_metrics({"loss": loss.item()}, m, reference_kl(batch)).items():
                 metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / len(rows)
+        optimizer = {}
         if self.cfg.max_grad_norm:
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm).item()
+            optimizer["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm).item()
         self.optimizer.step()
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        self._log.append(metrics)
-        self._step += 1
-        return metrics
-
-    def finish(self, version: int | None = None) -> dict:
-        """Close the iteration: number the new adapter (default: the next version), average
-        the step metrics. A nightly round numbers it after its series, which may hold
-        rejected versions above the one it started from."""
-        self.version = version if version is not None else self.version + 1
-        keys = sorted({k for m in self._log for k in m})
-        out = {k: float(np.mean([m[k] for m in self._log if k in m])) for k in keys}
-        out.update(self._select_metrics, steps=len(self._log), learn_s=time.perf_counter() - self._t0)
-        return out
+        optimizer["lr"] = self.optimizer.param_groups[0]["lr"]
+        return merge_metrics(metrics, optimizer)
 
     def _set_lr(self, step: int, total: int) -> None:
         lr = self.cfg.lr
@@ -179,26 +192,22 @@ class Learner:
         by_job = {(c, i): lp[k] for k, (c, i, _) in enumerate(jobs)}
         plain = [render_prompt(self.tokenizer, e.prompt.messages) for e in rows]  # the sampling context
         mask = response_mask(responses, t, self.device)
-        batch = TrainBatch(
-            logprobs={c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts},
-            mask=mask,
-            values={
-                k: torch.tensor([e.values.get(k, math.nan) for e in rows], device=self.device)
-                for k in sorted(set().union(*(e.values for e in rows)))
-            },
-        )
+        # Each context's log-probs go to the TrainBatch field of that name, each declared
+        # per-row value likewise: what the objective declared, and nothing else.
+        fields = {c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts}
+        fields.update(self.objective.row_tensors(rows, self.device))
         if self.objective.needs_reference:
             with torch.no_grad(), self.model.disable_adapter():
-                batch.ref_logprobs, _ = self.token_logprobs(plain, responses)
+                fields["ref_logprobs"], _ = self.token_logprobs(plain, responses)
         if self.objective.needs_old_logprobs:
-            batch.old_logprobs = self.old_logprobs(rows, mask)
+            fields["old_logprobs"] = self.old_logprobs(rows, mask)
         if self.objective.needs_spans:
             self.map_spans([e for e in rows if e.sample.id not in self._spans])
             cover = [self._spans[e.sample.id] for e in rows]
-            batch.span_mask = torch.tensor([[0.0] * (t - len(c or ())) + (c or []) for c in cover],
-                                           device=self.device)  # right-aligned, as the mask
-            batch.has_spans = torch.tensor([float(c is not None) for c in cover], device=self.device)
-        return batch
+            fields["span_mask"] = torch.tensor([[0.0] * (t - len(c or ())) + (c or []) for c in cover],
+                                               device=self.device)  # right-aligned, as the mask
+            fields["has_spans"] = torch.tensor([float(c is not None) for c in cover], device=self.device)
+        return TrainBatch(mask=mask, **fields)
 
     def map_spans(self, rows: list[Example]) -> dict[str, float]:
         """Fix, per sample id, which response tokens its judgment's spans cover (None: the
@@ -215,8 +224,8 @@ class Learner:
         return {"span_alignment_failures": failed}
 
     def old_logprobs(self, rows: list[Example], mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) log-probs of the sampling policy, as fixed by begin(); rows begin() did not
-        see (a direct batch() call) are fixed now, from the current policy."""
+        """(B, T) log-probs of the sampling policy, as fixed when the iteration began; rows it
+        did not see (a direct batch() call) are fixed now, from the current policy."""
         missing = [e for e in rows if e.sample.id not in self._old]
         if missing:
             self._old.update(self.fix_old_logprobs(missing)[0])
@@ -305,17 +314,23 @@ def sampling_entropy(examples: list[Example]) -> dict[str, float]:
 
 def advantage_stats(rows: list[Example]) -> dict[str, float]:
     """Mean and std of the advantages of the rows trained on, for objectives that set them."""
-    adv = [e.values["advantage"] for e in rows if "advantage" in e.values]
+    adv = [e.advantage for e in rows if e.advantage is not None]
     return {"advantage_mean": float(np.mean(adv)), "advantage_std": float(np.std(adv))} if adv else {}
 
 
 def reference_kl(batch: TrainBatch) -> dict[str, float]:
     """KL(pi || pi_ref) per response, estimated on the batch's sampled tokens as the mean over
     rows of sum_t (log pi - log pi_ref), when the objective asked for reference log-probs."""
-    if batch.ref_logprobs is None or "plain" not in batch.logprobs:
+    if batch.ref_logprobs is None or batch.plain is None:
         return {}
-    diff = (batch.logprobs["plain"].detach() - batch.ref_logprobs) * batch.mask  # (B, T)
+    diff = (batch.plain.detach() - batch.ref_logprobs) * batch.mask  # (B, T)
     return {"kl_ref": diff.sum(-1).mean().item()}
+
+
+def mean_metrics(log: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the steps that report it, keys in sorted order."""
+    keys = sorted({k for m in log for k in m})
+    return {k: float(np.mean([m[k] for m in log if k in m])) for k in keys}
 
 
 def response_mask(responses: list[list[int]], t: int, device) -> torch.Tensor:

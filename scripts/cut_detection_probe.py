@@ -49,7 +49,7 @@ def main() -> None:
     learner.model.eval()
     rows, _ = learner.objective.select([Example(by_id[s.prompt_id], s, j) for s, j in zip(samples, judgments)],
                                        np.random.default_rng(0))
-    negatives = [r for r in rows if r.values["negative"] == 1.0]
+    negatives = [r for r in rows if r.negative]
     named, other = ratios(learner, negatives, words)
     print(f"{len(samples)} responses, {len(negatives)} negative ({len(negatives) / len(samples):.0%}); "
           f"{len(named)} tokens of banned words, {len(other)} other tokens in negatives")
@@ -68,7 +68,7 @@ def ratios(learner: Learner, negatives: list[Example], words: list[str]) -> tupl
     named, other = [], []
     for s in range(0, len(negatives), 4):
         batch = learner.batch(negatives[s : s + 4])
-        ratio = (batch.logprobs["judged"] - batch.logprobs["plain"]).exp()  # (B, T)
+        ratio = (batch.judged - batch.plain).exp()  # (B, T)
         on = batch.mask.bool()
         named += ratio[on & batch.span_mask.bool()].tolist()
         other += ratio[on & ~batch.span_mask.bool()].tolist()

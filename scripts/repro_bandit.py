@@ -106,15 +106,14 @@ def batch_maker(objective, rows: list[Example], log_ref: torch.Tensor):
     row, logprobs (B, 1) = log_softmax(logits)[action]. The actions and values are gathered
     once, so a fixed offline dataset costs one gather per step."""
     acts = torch.tensor([e.sample.token_ids[0] for e in rows])  # (B,)
-    keys = sorted(set().union(*(e.values for e in rows)))
-    values = {k: torch.tensor([e.values.get(k, float("nan")) for e in rows]) for k in keys}  # (B,) each
+    values = objective.row_tensors(rows)  # (B,) each, what the objective declares
     mask = torch.ones(len(rows), 1)
 
     def make(logits: torch.Tensor, log_old: torch.Tensor) -> TrainBatch:
         return TrainBatch(
-            logprobs={"plain": torch.log_softmax(logits, -1)[acts][:, None]},  # (B, 1)
+            plain=torch.log_softmax(logits, -1)[acts][:, None],  # (B, 1)
             mask=mask,
-            values=values,
+            **values,
             ref_logprobs=log_ref[acts][:, None] if objective.needs_reference else None,
             old_logprobs=log_old[acts][:, None] if objective.needs_old_logprobs else None,
         )

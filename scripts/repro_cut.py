@@ -134,7 +134,7 @@ def detection(learner: Learner, examples: list[Example], thresholds: list[float]
     the sampled tokens by the learner, the path `detection: spans` trains on)."""
     forbidden = set(learner.tokenizer.convert_tokens_to_ids(task.FORBIDDEN))
     rows, _ = learner.objective.select(examples, np.random.default_rng(0))
-    negatives = [e for e in rows if e.values["negative"] == 1.0]
+    negatives = [e for e in rows if e.negative]
     modes = {lam: CUTOptions(threshold=lam, detection="ratio") for lam in thresholds}
     modes["spans"] = CUTOptions(detection="spans")
     counts = {m: np.zeros(3) for m in modes}  # true positives, detected, truly forbidden

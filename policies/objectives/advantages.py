@@ -1,7 +1,7 @@
 """Per-row numbers computed over a whole iteration: rewards, baselines, advantages and
 preference pairs. Small pure functions over Examples grouped by prompt id.
 
-Each advantage function writes `values["advantage"]` on every row it is given and returns
+Each advantage function sets `Example.advantage` on every row it is given and returns
 counts for the metrics. A prompt whose k samples all score the same (or that has a single
 sample, k = 1) has no signal relative to itself: its rows get advantage 0 and are counted,
 because a run where most prompts are flat learns nothing from RLOO/GRPO however long it runs.
@@ -40,7 +40,7 @@ def group_counts(groups: list[list[Example]]) -> dict[str, int]:
     """How many prompts there are, and how many carry no within-prompt signal."""
     flat = sum(len(g) > 1 and len({reward(e) for e in g}) == 1 for g in groups)
     single = sum(len(g) == 1 for g in groups)
-    return {"n_prompts": len(groups), "n_flat_prompts": flat, "n_single_prompts": single}
+    return {"n_train_prompts": len(groups), "n_flat_prompts": flat, "n_single_prompts": single}
 
 
 def rloo_advantages(examples: list[Example]) -> dict[str, int]:
@@ -54,7 +54,7 @@ def rloo_advantages(examples: list[Example]) -> dict[str, int]:
         r = np.array([reward(e) for e in g], dtype=np.float64)  # (k,)
         adv = np.zeros_like(r) if no_signal(r) else r - (r.sum() - r) / (len(r) - 1)
         for e, a in zip(g, adv):
-            e.values["advantage"] = float(a)
+            e.advantage = float(a)
     return group_counts(groups)
 
 
@@ -71,7 +71,7 @@ def group_normalized_advantages(examples: list[Example], scale_by_std: bool = Tr
         else:
             adv = (r - r.mean()) / ((r.std(ddof=1) + eps) if scale_by_std else 1.0)
         for e, a in zip(g, adv):
-            e.values["advantage"] = float(a)
+            e.advantage = float(a)
     return group_counts(groups)
 
 
@@ -83,7 +83,7 @@ def mean_baseline_advantages(examples: list[Example]) -> dict[str, int]:
         return group_counts([])
     r = np.array([reward(e) for e in examples], dtype=np.float64)  # (N,)
     for e, a in zip(examples, r - r.mean()):
-        e.values["advantage"] = float(a)
+        e.advantage = float(a)
     return group_counts(by_prompt(examples))
 
 
@@ -120,7 +120,7 @@ def prompt_pairs(g: list[Example], mode: str, min_gap: float) -> list[tuple[Exam
 
 def build_pairs(examples: list[Example], mode: str = "best_vs_worst", min_gap: float = 0.0) -> tuple[list[Example], dict]:
     """Rows ordered chosen, rejected, chosen, rejected, ... Each row is a copy carrying
-    values["chosen"] (1 or 0) and values["gap"], because in mode `all` one sample can be the
+    `chosen` (True or False) and `gap`, because in mode `all` one sample can be the
     chosen side of one pair and the rejected side of another."""
     rows: list[Example] = []
     groups = by_prompt(examples)
@@ -129,6 +129,6 @@ def build_pairs(examples: list[Example], mode: str = "best_vs_worst", min_gap: f
         pairs = prompt_pairs(g, mode, min_gap)
         without += not pairs
         for chosen, rejected, gap in pairs:
-            rows.append(Example(chosen.prompt, chosen.sample, chosen.judgment, {"chosen": 1.0, "gap": gap}))
-            rows.append(Example(rejected.prompt, rejected.sample, rejected.judgment, {"chosen": 0.0, "gap": gap}))
-    return rows, {"n_prompts": len(groups), "n_pairs": len(rows) // 2, "n_prompts_without_pair": without}
+            rows.append(Example(chosen.prompt, chosen.sample, chosen.judgment, chosen=True, gap=gap))
+            rows.append(Example(rejected.prompt, rejected.sample, rejected.judgment, chosen=False, gap=gap))
+    return rows, {"n_train_prompts": len(groups), "n_pairs": len(rows) // 2, "n_prompts_without_pair": without}

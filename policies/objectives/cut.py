@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alignloop.records import Message
+from alignloop.records import Message, merge_metrics
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
 from alignloop.policies.objectives.options import CUTOptions
 
@@ -39,10 +39,10 @@ def inappropriate_tokens(batch: TrainBatch, options: CUTOptions) -> torch.Tensor
     spans  the token lies in a span the judge marked (batch.span_mask);
     auto   spans for rows whose judgment has them, the ratio for the others.
     With token_detection off (the paper's ablation) every token of a negative counts."""
-    mask, neg = batch.mask, batch.values["negative"]  # (B, T), (B,)
+    mask, neg = batch.mask, batch.negative  # (B, T), (B,)
     if not options.token_detection:
         return mask * neg[:, None]
-    by_ratio = ((batch.logprobs["judged"] - batch.logprobs["plain"]).detach().exp() > options.threshold).float()
+    by_ratio = ((batch.judged - batch.plain).detach().exp() > options.threshold).float()
     if options.detection == "ratio":
         detected = by_ratio
     else:
@@ -55,19 +55,21 @@ def inappropriate_tokens(batch: TrainBatch, options: CUTOptions) -> torch.Tensor
 
 def detection_metrics(batch: TrainBatch, inappropriate: torch.Tensor, options: CUTOptions) -> dict[str, float]:
     """Which source decided detection and how much it marked; where spans exist, how the
-    paper's ratio agrees with them (its precision and recall against the judged spans)."""
-    mask, neg = batch.mask, batch.values["negative"]
+    paper's ratio agrees with them (its precision and recall against the judged spans).
+    cut_negatives_with_spans counts the negatives trained on whose spans map onto their
+    tokens; the judge's own judged_negatives_with_spans counts every negative judgment."""
+    mask, neg = batch.mask, batch.negative
     if batch.has_spans is None:
         return {}
     spans_rows = neg * batch.has_spans  # (B,)
-    out = {"negatives_with_spans": (spans_rows.sum() / neg.sum().clamp(min=1)).item()}
+    out = {"cut_negatives_with_spans": (spans_rows.sum() / neg.sum().clamp(min=1)).item()}
     for source, rows in (("spans", spans_rows), ("ratio", neg * (1 - batch.has_spans))):
         tokens = mask * rows[:, None]
         if tokens.sum() > 0:
             out[f"detected_fraction_{source}"] = ((inappropriate * tokens).sum() / tokens.sum()).item()
     tokens = mask * spans_rows[:, None]
     if tokens.sum() > 0:
-        by_ratio = ((batch.logprobs["judged"] - batch.logprobs["plain"]).detach().exp() > options.threshold).float()
+        by_ratio = ((batch.judged - batch.plain).detach().exp() > options.threshold).float()
         truth = batch.span_mask * tokens
         hit = (by_ratio * truth).sum()
         out["ratio_precision_vs_spans"] = (hit / (by_ratio * tokens).sum().clamp(min=1)).item()
@@ -76,9 +78,9 @@ def detection_metrics(batch: TrainBatch, inappropriate: torch.Tensor, options: C
 
 
 def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict[str, float]]:
-    """batch.values["negative"] (B,) is 1.0 for negatives; logprobs "plain" and "judged" (B, T)."""
-    mask, neg = batch.mask, batch.values["negative"]  # (B, T), (B,)
-    lp_plain, lp_judged = batch.logprobs["plain"], batch.logprobs["judged"]  # (B, T)
+    """batch.negative (B,) is 1.0 for negatives; batch.plain and batch.judged (B, T)."""
+    mask, neg = batch.mask, batch.negative  # (B, T), (B,)
+    lp_plain, lp_judged = batch.plain, batch.judged  # (B, T)
     inappropriate = inappropriate_tokens(batch, options)  # (B, T)
     p_plain = lp_plain.exp()
     weight = options.unlikelihood_weight
@@ -91,17 +93,17 @@ def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict
     positive_loss = -sequence_mean(lp_plain, mask)  # (B,) Align-P
     per_row = torch.where(neg.bool(), negative_loss, positive_loss)
     neg_tokens = (mask * neg[:, None]).sum()
-    return per_row.mean(), {
+    return per_row.mean(), merge_metrics({
         "detected_fraction": (inappropriate.sum() / neg_tokens.clamp(min=1)).item(),
         "unlikelihood_part": ((unlikelihood * inappropriate).sum() / neg_tokens.clamp(min=1)).item(),
         "likelihood_part": (-(lp_plain * mask * (1 - inappropriate)).sum() / mask.sum().clamp(min=1)).item(),
         "align_n_nll": (align_n * neg).sum().item() / max(1.0, neg.sum().item()),
-        **detection_metrics(batch, inappropriate, options),
-    }
+    }, detection_metrics(batch, inappropriate, options))
 
 
 class CUT(Objective):
     contexts = ("plain", "judged")
+    row_values = ("negative",)
     needs_spans = True
 
     def select(self, examples: list[Example], rng: np.random.Generator):
@@ -111,9 +113,9 @@ class CUT(Objective):
             keep = min(len(positives), int(self.options.downsample * len(negatives)))
             positives = [positives[i] for i in sorted(rng.choice(len(positives), keep, replace=False))]
         for e in negatives:
-            e.values["negative"] = 1.0
+            e.negative = True
         for e in positives:
-            e.values["negative"] = 0.0
+            e.negative = False
         no_critique = sum(e.judgment.verdict == "negative" and not e.judgment.critique for e in examples)
         return negatives + positives, {
             "n_train": len(negatives) + len(positives), "n_negative": len(negatives),
@@ -122,7 +124,7 @@ class CUT(Objective):
 
     def context_messages(self, context: str, example: Example):
         if context == "judged":
-            if example.values.get("negative") != 1.0:
+            if not example.negative:
                 return None  # a positive is only scored under the plain prompt
             return judgment_messages(example, self.options.judgment_template, example.judgment.critique)
         return super().context_messages(context, example)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import build_pairs
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch
 from alignloop.policies.objectives.options import DPOOptions
@@ -18,10 +19,10 @@ from alignloop.policies.objectives.options import DPOOptions
 
 def pair_margin(batch: TrainBatch) -> torch.Tensor:
     """(B/2,) h for each (chosen, rejected) pair of consecutive rows."""
-    chosen = batch.values["chosen"]
+    chosen = batch.chosen  # (B,)
     if not (torch.all(chosen[0::2] == 1) and torch.all(chosen[1::2] == 0)):
         raise ValueError("DPO rows must alternate chosen, rejected; a minibatch split a pair")
-    log_ratio = ((batch.logprobs["plain"] - batch.ref_logprobs) * batch.mask).sum(-1)  # (B,)
+    log_ratio = ((batch.plain - batch.ref_logprobs) * batch.mask).sum(-1)  # (B,)
     return log_ratio[0::2] - log_ratio[1::2]
 
 
@@ -42,12 +43,13 @@ def dpo_loss(batch: TrainBatch, options: DPOOptions) -> tuple[torch.Tensor, dict
 
 
 class DPO(Objective):
+    row_values = ("chosen",)
     needs_reference = True
     unit = 2
 
     def select(self, examples: list[Example], rng: np.random.Generator):
         rows, counts = build_pairs(examples, self.options.pairs, self.options.min_gap)
-        return rows, {**counts, "n_train": len(rows)}
+        return rows, merge_metrics(counts, {"n_train": len(rows)})
 
     def loss(self, batch: TrainBatch):
         return dpo_loss(batch, self.options)

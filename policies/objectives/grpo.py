@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import group_normalized_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean, sequence_mean
 from alignloop.policies.objectives.options import GRPOOptions
@@ -39,7 +40,7 @@ def grpo_loss(batch: TrainBatch, options: GRPOOptions) -> tuple[torch.Tensor, di
     response weighs the same). token: the mean over all tokens of the micro-batch (DAPO; every
     token weighs the same, so long responses are not diluted)."""
     per_token, ratio, active = clipped_surrogate(
-        batch.logprobs["plain"], batch.old_logprobs, batch.values["advantage"], options.clip_eps
+        batch.plain, batch.old_logprobs, batch.advantage, options.clip_eps
     )
     loss = AVERAGES[options.average](per_token, batch.mask)
     return loss, {
@@ -49,12 +50,13 @@ def grpo_loss(batch: TrainBatch, options: GRPOOptions) -> tuple[torch.Tensor, di
 
 
 class GRPO(Objective):
+    row_values = ("advantage",)
     needs_old_logprobs = True
 
     def select(self, examples: list[Example], rng: np.random.Generator):
         counts = group_normalized_advantages(examples, self.options.scale_by_std, self.options.std_eps)
         keep = with_signal(examples)  # flat groups and k = 1 drop out here (advantage 0)
-        return keep, {**counts, "n_train": len(keep)}
+        return keep, merge_metrics(counts, {"n_train": len(keep)})
 
     def loss(self, batch: TrainBatch):
         return grpo_loss(batch, self.options)

@@ -8,7 +8,7 @@ import numpy as np
 
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch
 from alignloop.policies.objectives.cut import judgment_messages
-from alignloop.policies.objectives.sft import sft_loss
+from alignloop.policies.objectives.sft import nll_loss
 
 PERFECT = "The response is perfect."  # for a positive whose judge gave no critique
 
@@ -27,4 +27,4 @@ class Hindsight(Objective):
         return super().context_messages(context, example)
 
     def loss(self, batch: TrainBatch):
-        return sft_loss(batch, context="judged")
+        return nll_loss(batch.judged, batch.mask)

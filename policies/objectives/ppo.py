@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import rloo_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean
 from alignloop.policies.objectives.grpo import clipped_surrogate
@@ -26,8 +27,8 @@ def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch
 
 def ppo_loss(batch: TrainBatch, options: PPOOptions) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over all tokens of the clipped surrogate plus kl_coef * KL(pi || pi_ref)."""
-    lp = batch.logprobs["plain"]  # (B, T)
-    surrogate, ratio, active = clipped_surrogate(lp, batch.old_logprobs, batch.values["advantage"], options.clip_eps)
+    lp = batch.plain  # (B, T)
+    surrogate, ratio, active = clipped_surrogate(lp, batch.old_logprobs, batch.advantage, options.clip_eps)
     kl = kl_to_reference(lp, batch.ref_logprobs)  # (B, T)
     policy_loss, kl_loss = masked_mean(surrogate, batch.mask), masked_mean(kl, batch.mask)
     return policy_loss + options.kl_coef * kl_loss, {
@@ -39,13 +40,14 @@ def ppo_loss(batch: TrainBatch, options: PPOOptions) -> tuple[torch.Tensor, dict
 
 
 class PPO(Objective):
+    row_values = ("advantage",)
     needs_reference = True
     needs_old_logprobs = True
 
     def select(self, examples: list[Example], rng: np.random.Generator):
         counts = rloo_advantages(examples)
         # Rows of flat prompts stay: their advantage is 0 but the KL term still acts on them.
-        return examples, {**counts, "n_train": len(examples)}
+        return examples, merge_metrics(counts, {"n_train": len(examples)})
 
     def loss(self, batch: TrainBatch):
         return ppo_loss(batch, self.options)

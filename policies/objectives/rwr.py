@@ -26,18 +26,20 @@ def rwr_weights(rewards: np.ndarray, beta: float) -> np.ndarray:
 def rwr_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """-mean over rows of w * (mean token log-prob of the response): the weighted form of the
     SFT loss (same per-row token mean), so RWR with equal weights is exactly SFT."""
-    nll = -sequence_mean(batch.logprobs["plain"], batch.mask)  # (B,)
-    loss = (batch.values["weight"] * nll).mean()
+    nll = -sequence_mean(batch.plain, batch.mask)  # (B,)
+    loss = (batch.weight * nll).mean()
     return loss, {"nll": nll.mean().item()}
 
 
 class RWR(Objective):
+    row_values = ("weight",)
+
     def select(self, examples: list[Example], rng: np.random.Generator):
         if not examples:
             return [], {"n_train": 0}
         w = rwr_weights(np.array([reward(e) for e in examples], dtype=np.float64), self.options.beta)
         for e, wi in zip(examples, w):
-            e.values["weight"] = float(wi)
+            e.weight = float(wi)
         return examples, {"n_train": len(examples), "weight_max": float(w.max()), "weight_min": float(w.min())}
 
     def loss(self, batch: TrainBatch):

@@ -16,24 +16,28 @@ def accepted(example: Example, options: SFTOptions) -> bool:
     return j.verdict == "positive"
 
 
-def sft_loss(batch: TrainBatch, context: str = "plain") -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over rows of each response's mean token NLL under `context`."""
-    nll = -sequence_mean(batch.logprobs[context], batch.mask)  # (B,)
+def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over rows of each response's mean token NLL; logprobs and mask (B, T)."""
+    nll = -sequence_mean(logprobs, mask)  # (B,)
     loss = nll.mean()
     return loss, {"nll": loss.item()}
+
+
+def sft_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The NLL of the responses under the prompt they were sampled from."""
+    return nll_loss(batch.plain, batch.mask)
 
 
 def best_per_prompt(examples: list[Example]) -> list[Example]:
     """The highest-scoring response of each prompt (the first on ties), whatever its verdict:
     best-of-N imitates the best the policy did, not an absolute bar."""
-    best: dict[str, Example] = {}
+    best: dict[str, tuple[float, Example]] = {}  # prompt id -> (score, row)
     for e in examples:
         score = e.judgment.score if e.judgment.score is not None else float(e.judgment.verdict == "positive")
         cur = best.get(e.prompt.id)
-        if cur is None or score > cur.values["best_score"]:
-            e.values["best_score"] = score
-            best[e.prompt.id] = e
-    return list(best.values())
+        if cur is None or score > cur[0]:
+            best[e.prompt.id] = (score, e)
+    return [e for _, e in best.values()]
 
 
 class FilteredSFT(Objective):

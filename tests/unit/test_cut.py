@@ -19,7 +19,7 @@ L = math.log
 
 def batch(plain, judged, mask, negative) -> TrainBatch:
     t = lambda x: torch.tensor(x, dtype=torch.float64)
-    return TrainBatch(logprobs={"plain": t(plain), "judged": t(judged)}, mask=t(mask), values={"negative": t(negative)})
+    return TrainBatch(plain=t(plain), judged=t(judged), mask=t(mask), negative=t(negative))
 
 
 def test_cut_loss_by_hand():
@@ -113,7 +113,7 @@ def test_cut_downsamples_positives_and_skips_negatives_without_critique():
     rows.append(Example(rows[0].prompt, rows[0].sample, Judgment(sample_id="s0", verdict="negative", judge="t")))
     keep, m = CUT(CUTOptions()).select(rows, np.random.default_rng(0))
     assert m == {"n_train": 10, "n_negative": 8, "n_positive": 2, "n_negative_without_critique": 1}
-    assert sum(e.values["negative"] for e in keep) == 8
+    assert sum(e.negative for e in keep) == 8
     keep_all, m_all = CUT(CUTOptions(downsample=None)).select(examples(["negative"] * 2 + ["positive"] * 5), np.random.default_rng(0))
     assert m_all["n_positive"] == 5
 
@@ -159,7 +159,7 @@ def test_learner_runs_both_contexts_of_negatives_in_one_forward_pass(tiny_model)
     finally:
         hook.remove()
     assert calls == [5], "2 negatives x 2 contexts + 1 positive x 1 context, in one pass"
-    assert (b.logprobs["judged"][2] == 0).all() and (b.logprobs["judged"][:2] != 0).any()
+    assert (b.judged[2] == 0).all() and (b.judged[:2] != 0).any()
     loss, m = learner.objective.loss(b)
     loss.backward()
     assert torch.isfinite(loss) and 0 <= m["detected_fraction"] <= 1

@@ -7,7 +7,11 @@ log(1.5), log(0.75), ... with old log-probs 0 give exp(...) == 1.5, 0.75 exactly
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.objectives.advantages import (
     build_pairs, group_normalized_advantages, mean_baseline_advantages, rloo_advantages,
 )
-from alignloop.policies.objectives.base import Example, TrainBatch
+from alignloop.policies.objectives.base import Context, Example, Objective, RowValue, TrainBatch
 from alignloop.policies.objectives.dpo import dpo_loss
 from alignloop.policies.objectives.grpo import clipped_surrogate, grpo_loss
 from alignloop.policies.objectives.options import DPOOptions, GRPOOptions, PPOOptions, RLOOOptions, RWROptions
@@ -35,7 +39,7 @@ def example(pid: str, i: int, score: float | None, verdict: str | None = None) -
 
 
 def adv(rows: list[Example]) -> list[float]:
-    return [e.values["advantage"] for e in rows]
+    return [e.advantage for e in rows]
 
 
 # advantages -------------------------------------------------------------------------------
@@ -52,7 +56,7 @@ def test_rloo_advantages_by_hand_with_k1_and_flat_prompts():
     counts = rloo_advantages(a + b + c)
     assert adv(a) == pytest.approx([0.75, -0.75, 0.0])
     assert adv(b) == [0.0] and adv(c) == [0.0, 0.0]
-    assert counts == {"n_prompts": 3, "n_flat_prompts": 1, "n_single_prompts": 1}
+    assert counts == {"n_train_prompts": 3, "n_flat_prompts": 1, "n_single_prompts": 1}
 
 
 def test_group_normalized_advantages_by_hand():
@@ -65,7 +69,7 @@ def test_group_normalized_advantages_by_hand():
     counts = group_normalized_advantages(a + flat + single)
     assert adv(a) == pytest.approx([1.0, -1.0, 0.0], abs=1e-5)
     assert adv(flat) == [0.0, 0.0, 0.0] and adv(single) == [0.0]
-    assert counts == {"n_prompts": 3, "n_flat_prompts": 1, "n_single_prompts": 1}
+    assert counts == {"n_train_prompts": 3, "n_flat_prompts": 1, "n_single_prompts": 1}
     group_normalized_advantages(a, scale_by_std=False)
     assert adv(a) == pytest.approx([0.5, -0.5, 0.0])
 
@@ -85,7 +89,7 @@ def test_rloo_select_drops_rows_without_gradient_and_reports_counts():
     rows = [example("a", i, s) for i, s in enumerate([1.0, 0.0, 0.5])] + [example("b", i, 0.0) for i in range(2)]
     keep, m = build_objective(RLOOOptions()).select(rows, np.random.default_rng(0))
     assert [e.sample.id for e in keep] == ["a#0", "a#1"]
-    assert m == {"n_prompts": 2, "n_flat_prompts": 1, "n_single_prompts": 0, "n_train": 2}
+    assert m == {"n_train_prompts": 2, "n_flat_prompts": 1, "n_single_prompts": 0, "n_train": 2}
 
 
 # REINFORCE / RLOO loss --------------------------------------------------------------------
@@ -97,9 +101,9 @@ def test_reinforce_loss_by_hand_and_padding_is_inert():
     loss = -mean(1 * -3, -2 * -0.5) = -mean(-3, 1) = 1.0. The pad value never counts."""
     def batch(pad_value):
         return TrainBatch(
-            logprobs={"plain": torch.tensor([[-1.0, -2.0], [pad_value, -0.5]])},
+            plain=torch.tensor([[-1.0, -2.0], [pad_value, -0.5]]),
             mask=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
-            values={"advantage": torch.tensor([1.0, -2.0])},
+            advantage=torch.tensor([1.0, -2.0]),
         )
     assert reinforce_loss(batch(0.0))[0].item() == pytest.approx(1.0)
     assert reinforce_loss(batch(-50.0))[0].item() == pytest.approx(1.0)
@@ -112,9 +116,9 @@ def grpo_batch(pad_value: float = 0.0) -> TrainBatch:
     """Row 0: A = +1, ratios 1.5 and 1.0.  Row 1: A = -1, a pad, then ratio 0.5."""
     lp = torch.tensor([[math.log(1.5), 0.0], [pad_value, math.log(0.5)]])
     return TrainBatch(
-        logprobs={"plain": lp},
+        plain=lp,
         mask=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
-        values={"advantage": torch.tensor([1.0, -1.0])},
+        advantage=torch.tensor([1.0, -1.0]),
         old_logprobs=torch.tensor([[0.0, 0.0], [3.0, 0.0]]),
     )
 
@@ -163,9 +167,9 @@ def test_ppo_loss_by_hand():
     log pi_ref = -1 + ln 2, so d = ln 2 and the k3 KL is e^d - d - 1 = 1 - ln 2 = 0.30685.
     loss = -1 + 0.5 * 0.30685 = -0.84657; no clipping."""
     batch = TrainBatch(
-        logprobs={"plain": torch.tensor([[0.0, -1.0]])},
+        plain=torch.tensor([[0.0, -1.0]]),
         mask=torch.tensor([[0.0, 1.0]]),
-        values={"advantage": torch.tensor([1.0])},
+        advantage=torch.tensor([1.0]),
         ref_logprobs=torch.tensor([[-4.0, -1.0 + math.log(2)]]),
         old_logprobs=torch.tensor([[2.0, -1.0]]),
     )
@@ -176,7 +180,7 @@ def test_ppo_loss_by_hand():
 
 def test_ppo_kl_is_zero_at_the_reference():
     lp = torch.tensor([[-0.3, -2.0]])
-    batch = TrainBatch(logprobs={"plain": lp}, mask=torch.ones(1, 2), values={"advantage": torch.tensor([0.0])},
+    batch = TrainBatch(plain=lp, mask=torch.ones(1, 2), advantage=torch.tensor([0.0]),
                        ref_logprobs=lp.clone(), old_logprobs=lp.clone())
     loss, m = ppo_loss(batch, PPOOptions())
     assert loss.item() == pytest.approx(0.0) and m["kl_penalty"] == pytest.approx(0.0)
@@ -192,7 +196,7 @@ def dpo_batch(chosen_first: bool = True) -> TrainBatch:
     ref = torch.tensor([[-2.0, -2.0], [7.0, -4.0], [-1.0, -1.0], [-1.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     chosen = torch.tensor([1.0, 0.0, 1.0, 0.0] if chosen_first else [0.0, 1.0, 1.0, 0.0])
-    return TrainBatch(logprobs={"plain": lp}, mask=mask, values={"chosen": chosen}, ref_logprobs=ref)
+    return TrainBatch(plain=lp, mask=mask, chosen=chosen, ref_logprobs=ref)
 
 
 def test_dpo_and_ipo_losses_by_hand():
@@ -223,14 +227,14 @@ def test_pairs_best_vs_worst_all_and_min_gap():
     rows = [example("a", i, s) for i, s in enumerate([0.9, 0.1, 0.5])]
     pairs, m = build_pairs(rows, "best_vs_worst")
     assert ids(pairs) == ["a#0", "a#1"] and m["n_pairs"] == 1
-    assert [e.values["chosen"] for e in pairs] == [1.0, 0.0] and pairs[0].values["gap"] == pytest.approx(0.8)
+    assert [e.chosen for e in pairs] == [True, False] and pairs[0].gap == pytest.approx(0.8)
     pairs, _ = build_pairs(rows, "all")
     assert ids(pairs) == ["a#0", "a#1", "a#0", "a#2", "a#2", "a#1"]
-    assert [e.values["chosen"] for e in pairs] == [1.0, 0.0] * 3
-    assert rows[2].values == {}, "pair rows are copies: a#2 is chosen once and rejected once"
+    assert [e.chosen for e in pairs] == [True, False] * 3
+    assert rows[2].chosen is None, "pair rows are copies: a#2 is chosen once and rejected once"
     assert ids(build_pairs(rows, "all", min_gap=0.5)[0]) == ["a#0", "a#1"]
     pairs, m = build_pairs(rows, "all", min_gap=0.9)
-    assert pairs == [] and m == {"n_prompts": 1, "n_pairs": 0, "n_prompts_without_pair": 1}
+    assert pairs == [] and m == {"n_train_prompts": 1, "n_pairs": 0, "n_prompts_without_pair": 1}
 
 
 def test_pairs_from_verdicts_and_no_pair_possible():
@@ -241,7 +245,7 @@ def test_pairs_from_verdicts_and_no_pair_possible():
     s = [example("s", 0, 1.0)]
     pairs, m = build_pairs(v + e + s, "all", min_gap=5.0)
     assert ids(pairs) == ["v#1", "v#0", "v#2", "v#0"]
-    assert m == {"n_prompts": 3, "n_pairs": 2, "n_prompts_without_pair": 2}
+    assert m == {"n_train_prompts": 3, "n_pairs": 2, "n_prompts_without_pair": 2}
     keep, m = build_objective(DPOOptions()).select(e + s, np.random.default_rng(0))
     assert keep == [] and m["n_pairs"] == 0
 
@@ -256,9 +260,9 @@ def test_rwr_weights_and_loss_by_hand():
     assert rwr_weights(np.array([0.0, math.log(3)]), 1.0) == pytest.approx([0.5, 1.5])
     assert rwr_weights(np.array([1000.0, 1000 + math.log(3)]), 1.0) == pytest.approx([0.5, 1.5])
     batch = TrainBatch(
-        logprobs={"plain": torch.tensor([[-1.0, -2.0], [-7.0, -0.5]])},
+        plain=torch.tensor([[-1.0, -2.0], [-7.0, -0.5]]),
         mask=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
-        values={"weight": torch.tensor([0.5, 1.5])},
+        weight=torch.tensor([0.5, 1.5]),
     )
     assert rwr_loss(batch)[0].item() == pytest.approx(0.75)
 
@@ -266,7 +270,7 @@ def test_rwr_weights_and_loss_by_hand():
 def test_rwr_select_weights_every_row():
     rows = [example("a", 0, 0.0), example("a", 1, math.log(3))]
     keep, m = build_objective(RWROptions(beta=1.0)).select(rows, np.random.default_rng(0))
-    assert [e.values["weight"] for e in keep] == pytest.approx([0.5, 1.5]) and m["n_train"] == 2
+    assert [e.weight for e in keep] == pytest.approx([0.5, 1.5]) and m["n_train"] == 2
 
 
 # learner ----------------------------------------------------------------------------------
@@ -304,34 +308,36 @@ def with_logprobs(rows: list[Example], logprobs: list[list[float]]) -> list[Exam
 
 def test_old_logprobs_fixed_at_begin_prefer_the_sampler_and_log_the_gap(tiny_model):
     """The sampler's log-probs, here the learner's own minus 0.1, are what the ratio divides
-    by (gap 0.1 logged); after an update they stay as they were at begin()."""
+    by (gap 0.1 logged); after the iteration's updates they are still the sampler's.
+    One epoch: the single step's ratio is e^0.1 (LoRA starts as a no-op). Two epochs: the
+    mean ratio moves, because the second step sees the first one's update."""
+    one = learner_for(tiny_model, {"type": "grpo"}, epochs=1)
+    plain = scored_rows(one, TEXTS)
+    mine = one.sequence_logprobs(plain)
+    first = one.learn(with_logprobs(plain, [[x - 0.1 for x in lp] for lp in mine]), iteration=1)
+    assert first["steps"] == 1 and first["ratio"] == pytest.approx(math.exp(0.1), abs=1e-4)
     learner = learner_for(tiny_model, {"type": "grpo"}, epochs=2)
-    plain = scored_rows(learner, TEXTS)
-    mine = learner.sequence_logprobs(plain)
     rows = with_logprobs(plain, [[x - 0.1 for x in lp] for lp in mine])
-    assert learner.begin(rows, iteration=1) == 2  # 2 epochs of one minibatch
+    m = learner.learn(rows, iteration=1)
+    assert m["steps"] == 2  # 2 epochs of one minibatch
+    assert m["ratio"] != pytest.approx(first["ratio"], abs=1e-4), "epoch 2 sees epoch 1's update"
     fixed = learner.batch(rows[:3]).old_logprobs
-    expected = torch.tensor(rows[0].sample.logprobs)
-    torch.testing.assert_close(fixed[0, -len(expected):], expected)
-    first = learner.step()
-    assert first["ratio"] == pytest.approx(math.exp(0.1), abs=1e-4)  # LoRA starts as a no-op
-    assert torch.equal(learner.batch(rows[:3]).old_logprobs, fixed)
-    second = learner.step()
-    assert second["ratio"] != pytest.approx(first["ratio"], abs=1e-4), "epoch 2 sees epoch 1's update"
-    m = learner.finish()
+    for i, e in enumerate(rows[:3]):
+        assert torch.equal(fixed[i, -len(e.sample.logprobs):], torch.tensor(e.sample.logprobs))
     assert m["old_logprob_gap"] == pytest.approx(0.1, abs=1e-4) and m["n_old_logprobs_recomputed"] == 0
     assert m["n_old_logprobs_checked"] == 4
     assert m["entropy"] > 0 and {"advantage_mean", "advantage_std", "clip_frac", "n_flat_prompts"} <= m.keys()
 
 
 def test_old_logprobs_recomputed_without_sampler_logprobs(tiny_model):
+    """Rows without the sampler's log-probs get the learner's own, fixed before the update."""
     learner = learner_for(tiny_model, {"type": "grpo"})
     rows = scored_rows(learner, TEXTS)
-    learner.begin(rows, iteration=1)
-    m = learner.finish()
+    before = learner.sequence_logprobs(rows[:1])[0]
+    m = learner.learn(rows, iteration=1)
     assert m["n_old_logprobs_recomputed"] == 4 and "old_logprob_gap" not in m
-    mine = learner.sequence_logprobs(rows[:1])[0]
-    torch.testing.assert_close(learner.batch(rows[:1]).old_logprobs[0], torch.tensor(mine))
+    torch.testing.assert_close(learner.batch(rows[:1]).old_logprobs[0], torch.tensor(before))
+    assert learner.sequence_logprobs(rows[:1])[0] != pytest.approx(before, abs=1e-6), "the update moved the policy"
 
 
 def test_ppo_and_dpo_learn_with_reference_metrics(tiny_model):
@@ -347,20 +353,78 @@ def test_ppo_and_dpo_learn_with_reference_metrics(tiny_model):
 
 def test_sampler_logprobs_cost_no_forward_pass_beyond_the_checked_rows(tiny_model):
     """Only the rows without the sampler's log-probs, and `logprob_check_rows` of the others,
-    go through the model in begin(); the ratio uses the sampler's values either way."""
+    go through the model before training (the passes without grad); the ratio uses the
+    sampler's values either way."""
     learner = learner_for(tiny_model, {"type": "grpo"}, logprob_check_rows=1)
     plain = scored_rows(learner, TEXTS)
     mine = learner.sequence_logprobs(plain)
     rows = with_logprobs(plain[:3], [[x - 0.1 for x in lp] for lp in mine[:3]]) + plain[3:]
     seen = []
-    hook = learner.model.register_forward_hook(lambda mod, args, kw, out: seen.append(kw["input_ids"].shape[0]),
-                                               with_kwargs=True)
+    hook = learner.model.register_forward_hook(
+        lambda mod, args, kw, out: seen.append(kw["input_ids"].shape[0]) if not torch.is_grad_enabled() else None,
+        with_kwargs=True)
     try:
-        learner.begin(rows, iteration=1)
+        m = learner.learn(rows, iteration=1)
     finally:
         hook.remove()
     assert sum(seen) == 2, "one row without log-probs + one checked row"
-    m = learner.finish()
     assert (m["n_old_logprobs_recomputed"], m["n_old_logprobs_checked"]) == (1, 1)
     assert m["old_logprob_gap"] == pytest.approx(0.1, abs=1e-4)
     torch.testing.assert_close(learner.batch(rows[1:2]).old_logprobs[0], torch.tensor(rows[1].sample.logprobs))
+
+
+def test_progress_is_readable_from_another_thread_while_learn_runs(tiny_model):
+    """A driver polls progress() while learn() runs on another thread (the Ray actor serves
+    both at once). Each optimizer step here waits until the test has read progress()."""
+    learner = learner_for(tiny_model, {"type": "grpo"}, epochs=3)
+    rows = scored_rows(learner, TEXTS)
+    assert learner.progress() == (0, 0)
+    stepped, go = threading.Semaphore(0), threading.Semaphore(0)
+
+    def pause(*_):
+        stepped.release()
+        assert go.acquire(timeout=120), "the test stopped reading progress"
+
+    learner.optimizer.register_step_post_hook(pause)
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(learner.learn, rows, 1)
+        for _ in range(3):
+            assert stepped.acquire(timeout=120), "learn() took no step"
+            seen.append(learner.progress())
+            go.release()
+        m = done.result(timeout=120)
+    assert seen == [(0, 3), (1, 3), (2, 3)], "read during step k+1: k steps done of 3 planned"
+    assert learner.progress() == (3, 3) and m["steps"] == 3
+
+
+def test_an_iteration_is_one_call():
+    """learn() is the only way through an iteration, so a remote learner costs one round trip."""
+    import inspect
+
+    from alignloop.policies.learner import Learner
+
+    assert list(inspect.signature(Learner.learn).parameters) == ["self", "examples", "iteration", "version"]
+    assert not any(hasattr(Learner, name) for name in ("begin", "step", "finish")), "one call per iteration"
+
+
+# typed loss inputs ------------------------------------------------------------------------
+
+
+def test_every_declared_name_is_a_field_of_the_typed_rows_and_batches():
+    """A context is a TrainBatch field; a per-row value is a field of Example and TrainBatch."""
+    batch_fields = {f.name for f in dataclasses.fields(TrainBatch)}
+    example_fields = {f.name for f in dataclasses.fields(Example)}
+    assert set(get_args(Context)) <= batch_fields
+    assert set(get_args(RowValue)) <= batch_fields & example_fields
+
+
+def test_declared_row_values_must_be_set_and_known():
+    rloo = build_objective(RLOOOptions())
+    row = example("a", 0, 1.0)
+    with pytest.raises(ValueError, match="RLOO reads 'advantage' but row a#0 has none"):
+        rloo.row_tensors([row])
+    row.advantage = 0.5
+    assert rloo.row_tensors([row]) == {"advantage": pytest.approx(torch.tensor([0.5]))}
+    with pytest.raises(TypeError, match=r"Typo.row_values has \['advantages'\]"):
+        type("Typo", (Objective,), {"row_values": ("advantages",)})

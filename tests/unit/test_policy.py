@@ -63,10 +63,10 @@ def test_learner_logprobs_match_sampler_and_ignore_padding(cfg, sampler):
             alone = learner.batch([row])
             n = len(row.sample.token_ids)
             # Same values whether the row is batched with longer rows or alone: padding is inert.
-            torch.testing.assert_close(together.logprobs["plain"][i, -n:], alone.logprobs["plain"][0, -n:], atol=1e-5, rtol=0)
-            torch.testing.assert_close(alone.logprobs["plain"][0, -n:], torch.tensor(row.sample.logprobs), atol=1e-4, rtol=0)
+            torch.testing.assert_close(together.plain[i, -n:], alone.plain[0, -n:], atol=1e-5, rtol=0)
+            torch.testing.assert_close(alone.plain[0, -n:], torch.tensor(row.sample.logprobs), atol=1e-4, rtol=0)
             assert together.mask[i].sum().item() == n
-            assert (together.logprobs["plain"][i][together.mask[i] == 0] == 0).all()
+            assert (together.plain[i][together.mask[i] == 0] == 0).all()
 
 
 def test_sampler_refuses_corrupt_adapter_and_serves_new_versions(cfg, sampler):
@@ -100,7 +100,7 @@ def test_learning_raises_the_likelihood_of_accepted_responses(cfg):
     def nll():
         learner.model.eval()
         with torch.no_grad():
-            return -learner.batch(rows[:1]).logprobs["plain"].sum().item()
+            return -learner.batch(rows[:1]).plain.sum().item()
 
     before = nll()
     for it in range(1, 4):
@@ -127,7 +127,7 @@ def test_export_restore_roundtrip_continues_identically(cfg):
 
 def test_restore_with_a_fresh_optimizer_and_a_given_version(cfg):
     """A nightly round with fresh_optimizer: the promoted adapter's weights, no optimizer
-    state; numbering continues from the series, and finish() takes the round's number."""
+    state; numbering continues from the series, and learn() takes the round's number."""
     a = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
     s = Sample(id="s", prompt_id="p1", response="big dog", policy_version=0)
     rows = [Example(PROMPTS[1], s, Judgment(sample_id="s", verdict="positive", judge="t"))] * 4
@@ -143,7 +143,7 @@ def test_restore_with_a_fresh_optimizer_and_a_given_version(cfg):
     fresh.learn(rows, 2)
     kept.learn(rows, 2)
     assert fresh.export().checksum != kept.export().checksum, "the optimizer state must matter"
-    fresh.finish(version=9)
+    fresh.learn(rows, 3, version=9)
     assert fresh.version == 9
 
 

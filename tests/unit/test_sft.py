@@ -16,9 +16,8 @@ def test_sft_loss_by_hand():
     Row 1: one pad position (log-prob 0, masked) and -0.5 -> mean NLL 0.5
     Loss = mean over rows = (1.5 + 0.5) / 2 = 1.0 — padding counts for nothing."""
     batch = TrainBatch(
-        logprobs={"plain": torch.tensor([[-1.0, -2.0], [-7.0, -0.5]])},
+        plain=torch.tensor([[-1.0, -2.0], [-7.0, -0.5]]),
         mask=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
-        values={},
     )
     loss, metrics = sft_loss(batch)
     assert loss.item() == pytest.approx(1.0)

@@ -191,8 +191,7 @@ def cut_batch() -> TrainBatch:
     plain = torch.log(torch.full((2, 3), 0.5))
     judged = plain.clone()
     judged[:, 2] += 1.0
-    return TrainBatch(logprobs={"plain": plain, "judged": judged}, mask=torch.ones(2, 3),
-                      values={"negative": torch.ones(2)},
+    return TrainBatch(plain=plain, judged=judged, mask=torch.ones(2, 3), negative=torch.ones(2),
                       span_mask=torch.tensor([[1.0, 0, 0], [0, 0, 0]]), has_spans=torch.tensor([1.0, 0.0]))
 
 
@@ -208,7 +207,7 @@ def test_detection_modes(detection, expected):
 
 def test_detection_metrics_say_where_detection_came_from():
     _, m = cut_loss(cut_batch(), CUTOptions(detection="auto", threshold=2.0))
-    assert m["negatives_with_spans"] == 0.5
+    assert m["cut_negatives_with_spans"] == 0.5
     assert m["detected_fraction_spans"] == pytest.approx(1 / 3) and m["detected_fraction_ratio"] == pytest.approx(1 / 3)
     # on the row with spans the ratio marks token 2 and the judge token 0: no agreement
     assert m["ratio_precision_vs_spans"] == 0.0 and m["ratio_recall_vs_spans"] == 0.0
