@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignloop: {e}", file=sys.stderr)
         return Exit.CONFIG
 
-    from alignloop.loop.run import run as run_cycle  # imports torch and Ray
+    from alignloop.loop.api import run as run_cycle  # running imports torch and Ray
 
     code = guarded(lambda: run_cycle(cfg, resume=args.resume, overwrite=args.overwrite))
     if code == 0:
@@ -106,7 +106,7 @@ def guarded(work) -> int:
 
 
 def run_round(cfg, round_id: str, as_json: bool) -> int:
-    from alignloop.loop.series import run_round as run_one_round
+    from alignloop.loop.api import run_round as run_one_round
 
     if not re.fullmatch(r"[A-Za-z0-9._-]+", round_id):
         print(f"alignloop: --round {round_id!r}: use only letters, digits, '.', '_' and '-'", file=sys.stderr)
