@@ -64,7 +64,7 @@ class ModelConfig(Strict):
 
 class DataConfig(Strict):
     path: str = Field(
-        description="Prompts: a .jsonl/.parquet file, a directory of them, a glob, a saved HF dataset or hf:<hub id>; `{round}` is a nightly round's id (see README, 'Prompt data')."
+        description="Prompts: a .jsonl/.parquet file, a directory of them, a glob, a saved HF dataset or hf:<hub id>; `{round}` is a nightly round's id (see docs/configuration.md, 'Prompt data')."
     )
     split: str = Field("train", description="The split of a Hugging Face dataset (saved or hf:<hub id>).")
     columns: dict[str, str] = Field(
