@@ -43,8 +43,9 @@ class LocalModelJudge:
         self.config = config
         self.name = config.name
         self.device = judge_device(config.device)
-        # Judging never overlaps sampling or learning, so by default it may use every core
-        # (inside a Ray actor torch would otherwise get OMP_NUM_THREADS=1).
+        # By default it may use every core (inside a Ray actor torch would otherwise get
+        # OMP_NUM_THREADS=1); judging overlaps sampling when it streams (judging.streaming) and
+        # learning when the run samples ahead, where `threads` splits the cores.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self._lock = threading.Lock()
 

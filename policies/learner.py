@@ -30,8 +30,9 @@ from alignloop.records import merge_metrics
 class Learner:
     def __init__(self, model_cfg, learner_cfg, temperature: float = 1.0, seed: int = 0):
         model_path = resolve_model_path(model_cfg.path)
-        # Phases never overlap, so by default an actor uses every core of its node (Ray would
-        # otherwise pin it to OMP_NUM_THREADS=1).
+        # By default an actor uses every core of its node (Ray would otherwise pin it to
+        # OMP_NUM_THREADS=1): learning has the node to itself unless the run samples ahead
+        # (asynchronous.max_staleness), where `threads` splits the cores.
         torch.set_num_threads(learner_cfg.threads or os.cpu_count() or 1)
         self.cfg, self.seed, self.temperature = learner_cfg, seed, temperature
         self.device = pick_device(learner_cfg.device)

@@ -23,8 +23,9 @@ class HFSampler:
         # Each actor resolves the model on its own node (an embedded model is converted once
         # per machine), so nothing assumes a filesystem shared with the driver.
         model_path = resolve_model_path(model_cfg.path)
-        # Sampling and learning never overlap, so by default an actor uses every core of its node (Ray would
-        # otherwise pin it to OMP_NUM_THREADS=1).
+        # By default an actor uses every core of its node (Ray would otherwise pin it to
+        # OMP_NUM_THREADS=1): sampling and learning take turns unless the run samples ahead
+        # (asynchronous.max_staleness) or streams a local judge, where `threads` splits the cores.
         torch.set_num_threads(sampler_cfg.threads or os.cpu_count() or 1)
         self.cfg = sampler_cfg
         self.device = "cuda" if torch.cuda.is_available() and sampler_cfg.num_gpus > 0 else "cpu"
