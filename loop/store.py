@@ -6,6 +6,7 @@
     runs/<name>/metrics.jsonl    one line per finished iteration, rebuilt from iter-*/metrics.json
     runs/<name>/placement.jsonl  one line per start: the Ray node each actor runs on
     runs/<name>/start-adapter/   sampling ahead only: the adapter the run started from
+    runs/<name>/.alignloop-run   the marker: alignloop made this directory (--overwrite clears only such a one)
 
 Every file is written to a temporary name and renamed into place, so a SIGKILL leaves either
 the old file or the new one, never half of one. state.json is written last, after the
@@ -325,8 +326,9 @@ def _count_lines(path: Path) -> int:
 
 # The file alignloop puts in every run directory it makes or prepares.
 MARKER = ".alignloop-run"
-MARKER_TEXT = ("An alignloop run directory: `alignloop run --overwrite` deletes what the run wrote here (config.yaml, "
-               "state.json, metrics.jsonl, placement.jsonl, tracking.json, tracking/, start-adapter/, iter-*/) and nothing else.\n")
+MARKER_TEXT = ("An alignloop run directory: `alignloop run --overwrite` deletes what the run wrote here "
+               "(config.yaml, state.json, metrics.jsonl, placement.jsonl, tracking.json, tracking/, "
+               "start-adapter/, iter-*/) and nothing else.\n")
 # What a run writes at the top of its directory besides iter-NNNN/: what reset() removes.
 RUN_FILES = ("config.yaml", "state.json", "metrics.jsonl", "placement.jsonl", "tracking.json", "tracking",
              "start-adapter", MARKER)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,54 @@ def test_train_command_writes_an_adapter_that_a_run_can_start_from(tmp_path, tin
     out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "train", str(config), "--data", str(bad)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "bad.jsonl:1: missing `output`" in out.stderr
+
+
+def test_out_takes_only_a_new_or_empty_directory_or_an_earlier_trains_output(tmp_path, monkeypatch):
+    from alignloop.loop.config import ConfigError
+    from alignloop.loop.offline import OUT_MARKER, check_out_dir
+
+    check_out_dir(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    earlier = tmp_path / "earlier"  # what train wrote before the marker existed, and since
+    earlier.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "train_metrics.json"):
+        (earlier / name).write_text("x")
+    check_out_dir(earlier)
+    (earlier / "train_metrics.json").unlink()
+    (earlier / OUT_MARKER).write_text("x")
+    check_out_dir(earlier)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "train_metrics.json").write_text("{}")
+    (tmp_path / "file.txt").write_text("data")
+    (tmp_path / "link").symlink_to(earlier)
+    peft = tmp_path / "peft"  # someone's adapter from elsewhere: no train_metrics.json, no marker
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "empty")
+    for out, what in [(mine, "holds files alignloop train did not write (thesis.tex)"), (tmp_path / "file.txt", "is a file"),
+                      (tmp_path / "link", "is a symlink"), (peft, "did not write (adapter_config.json)"),
+                      (tmp_path / "empty", "is the current directory"), (tmp_path / "run", None)]:
+        if what is None:  # a run directory: train would replace the whole run
+            from alignloop.loop.store import mark_run_dir
+
+            mark_run_dir(out)
+            what = "did not write (.alignloop-run)"
+        with pytest.raises(ConfigError, match=re.escape(what)):
+            check_out_dir(out)
+    assert (mine / "thesis.tex").read_text() == "years of work" and (tmp_path / "file.txt").read_text() == "data"
+
+
+def test_train_refuses_its_out_directory_before_it_trains(tmp_path):
+    from alignloop.loop.config import ConfigError, validate_config
+    from alignloop.loop.offline import train
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep")
+    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}})
+    with pytest.raises(ConfigError, match="--out .*out: holds files"):
+        train(cfg, str(tmp_path / "no-such-data.jsonl"), str(tmp_path / "out"))  # no data, no model: refused first
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep"

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from alignloop.records import Judgment
+from alignloop.loop.cursor import Cursor
 from alignloop.loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
 
 
@@ -61,10 +62,30 @@ def test_fresh_state_starts_at_iteration_one():
 def test_state_roundtrip_and_metrics_rebuilt_from_iteration_files(tmp_path):
     store = RunStore(tmp_path)
     assert store.load_state() is None and not store.has_progress()
-    store.save_state(RunState(iteration=2, step="judge", adapter_version=1, data={"stream": {"epoch": 0}}))
-    assert store.load_state() == RunState(iteration=2, step="judge", adapter_version=1, data={"stream": {"epoch": 0}})
+    cursor = Cursor(stream={"epoch": 0, "position": 4, "order": None})
+    store.save_state(RunState(iteration=2, step="judge", adapter_version=1, cursor=cursor))
+    assert store.load_state() == RunState(iteration=2, step="judge", adapter_version=1, cursor=cursor)
+    assert json.loads(store.state_path.read_text())["data"] == {"stream": {"epoch": 0, "position": 4, "order": None}}
     store.write_metrics(1, {"iteration": 1, "pass_rate": 0.25})
     store.write_metrics(2, {"iteration": 2, "pass_rate": 0.5})
     store.write_metrics(2, {"iteration": 2, "pass_rate": 0.75})  # a redone step replaces, never duplicates
     assert [m["pass_rate"] for m in store.read_metrics()] == [0.25, 0.75]
     assert json.loads((tmp_path / "iter-0002" / "metrics.json").read_text())["pass_rate"] == 0.75
+
+
+def test_a_directory_is_alignloops_by_its_marker_or_as_a_run_from_before_it(tmp_path):
+    from alignloop.loop.store import is_run_dir, mark_run_dir, written_by_a_run
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "config.yaml").write_text("mine: true\n")
+    (d / "state.json").write_text("{}\n")
+    assert not is_run_dir(d), "a config.yaml and a state.json of the user's do not make a run"
+    (d / "iter-0001").mkdir()
+    assert is_run_dir(d), "config.yaml and iter-NNNN/: a run from before the marker"
+    (tmp_path / "e").mkdir()
+    mark_run_dir(tmp_path / "e")
+    assert is_run_dir(tmp_path / "e") and not is_run_dir(tmp_path / "missing")
+    ours = ["config.yaml", "state.json", "iter-0012", "tracking", ".metrics.jsonl.k2j3.tmp", ".start-adapter.old"]
+    theirs = ["notes.txt", "iter-notes", "offline-adapter", "report", ".lock", ".bashrc", ".config.yaml.bak"]
+    assert [n for n in ours + theirs if written_by_a_run(n)] == ours
