@@ -19,11 +19,14 @@ all mode.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alignloop.records import Judgment, Prompt, Sample, merged_spans
+
+if TYPE_CHECKING:  # at run time judges/__init__.py resolves it through model_rebuild
+    from alignloop.judges import JudgeConfig
 
 
 class CompositeJudgeConfig(BaseModel):
@@ -91,7 +94,7 @@ class CompositeJudge:
         return [final[s.id].model_copy(update={"latency_s": spent[s.id]}) for s in samples]
 
     def decided(self, j: Judgment, by: str, is_gate: bool) -> Judgment:
-        update = {"judge": f"{self.name}:{by}"}
+        update: dict[str, str | float] = {"judge": f"{self.name}:{by}"}
         if is_gate and j.error is None and self.config.gate_fail_score is not None:
             update["score"] = self.config.gate_fail_score
         return j.model_copy(update=update)

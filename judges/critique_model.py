@@ -44,7 +44,7 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
         400, gt=0, description="Constrained: the longest critique (and each quote) the schema allows, so a model that repeats itself still reaches the verdict."
     )
 
-    def schema(self) -> dict | None:
+    def reply_schema(self) -> dict | None:
         """The JSON schema the reply is decoded in (None: unconstrained)."""
         return bounded_schema(self.max_critique_chars, self.prompt.score_range) if self.constrained else None
 
@@ -61,7 +61,9 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
         if self.constrained and self.backend == "hf":
             from alignloop.policies.constrained import preflight
 
-            preflight(self.path, self.schema())
+            schema = self.reply_schema()
+            assert schema is not None  # constrained
+            preflight(self.path, schema)
 
     @model_validator(mode="after")
     def _vllm_options_need_vllm(self) -> "CritiqueModelJudgeConfig":
@@ -112,25 +114,25 @@ class TransformersChatGenerator:
 
 
 def transformers_generator(config: CritiqueModelJudgeConfig, path: str, device: str) -> TransformersChatGenerator:
-    return TransformersChatGenerator(path, config.dtype, device, config.schema())
+    return TransformersChatGenerator(path, config.dtype, device, config.reply_schema())
 
 
 def vllm_generator(config: CritiqueModelJudgeConfig, path: str, device: str):
     from alignloop.policies.vllm_engine import VLLMChatGenerator
 
     # vLLM picks its own device (the GPU the actor was given, or the CPU build's host).
-    return VLLMChatGenerator(path, config.dtype, config.vllm or VLLMEngineOptions(), config.seed, config.schema())
+    return VLLMChatGenerator(path, config.dtype, config.vllm or VLLMEngineOptions(), config.seed, config.reply_schema())
 
 
 # `backend` -> a builder of the generator from (config, model path, device).
 GENERATORS = {"hf": transformers_generator, "vllm": vllm_generator}
 
 
-class CritiqueModelJudge(LocalModelJudge):
+class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
     def __init__(self, config: CritiqueModelJudgeConfig):
         from alignloop.policies.model import resolve_model_path
 
-        super().__init__(config)
+        super().__init__(config, config.name)
         self.generator = GENERATORS[config.backend](config, resolve_model_path(config.path), self.device)
 
     def judge_batch(self, prompts: list[Prompt], samples: list[Sample]) -> list[Judgment]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Callable, Literal, Sequence
+from typing import Callable, Generic, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,15 +33,19 @@ def judge_device(device: str) -> str:
     return device
 
 
-class LocalModelJudge:
-    """Base of the local-model judges: subclasses load their model and implement
-    `judge_batch(prompts, samples) -> list[Judgment]` (blocking)."""
+Options = TypeVar("Options", bound=LocalModelOptions)
 
-    def __init__(self, config: LocalModelOptions):
+
+class LocalModelJudge(Generic[Options]):
+    """Base of the local-model judges: subclasses load their model and implement
+    `judge_batch(prompts, samples) -> list[Judgment]` (blocking). `name` is the subclass
+    config's own `name` field (recorded as `judge` on every judgment)."""
+
+    def __init__(self, config: Options, name: str):
         import torch
 
         self.config = config
-        self.name = config.name
+        self.name = name
         self.device = judge_device(config.device)
         # By default it may use every core (inside a Ray actor torch would otherwise get
         # OMP_NUM_THREADS=1); judging overlaps sampling when it streams (judging.streaming) and

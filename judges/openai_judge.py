@@ -19,7 +19,7 @@ import random
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -131,7 +131,9 @@ class OpenAIJudge:
         self._injected = client
         # Read now, so a missing key stops the judge at start-up rather than failing every call.
         self._api_key = _api_key(config.api_key_env) if client is None else None
-        self._active, self._client, self._slots = 0, None, None
+        self._active = 0
+        self._client: Any = None  # an openai.AsyncOpenAI or compatible, while a judge() call runs
+        self._slots: asyncio.Semaphore | None = None
         self._rng = random.Random()
         self.cache = JudgmentCache(config.cache_path or default_cache_path()) if config.cache else None
 
@@ -162,6 +164,7 @@ class OpenAIJudge:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.counts.cache_hits += 1
             return self.judgment(sample, hit, 0.0)
+        assert self._slots is not None, "judge_one runs inside judge(), which sets the slots"
         async with self._slots:
             start = time.perf_counter()
             try:
@@ -256,7 +259,7 @@ def _api_key(env_var: str | None) -> str:
     return env_secret(env_var) if env_var else "unused"
 
 
-def _make_client(config: OpenAIJudgeConfig, api_key: str):
+def _make_client(config: OpenAIJudgeConfig, api_key: str | None):
     from openai import AsyncOpenAI
 
     # max_retries=0: retries happen in OpenAIJudge.call, where they are jittered and counted.

@@ -60,7 +60,11 @@ class PythonJudgeConfig(BaseModel):
 
 
 def load_class(cfg: PythonJudgeConfig) -> type:
-    obj = _load_target(cfg.target) if cfg.target else _load_entry_point(cfg.entry_point)
+    if cfg.target is not None:
+        obj = _load_target(cfg.target)
+    else:
+        assert cfg.entry_point is not None  # the validator asks for exactly one of the two
+        obj = _load_entry_point(cfg.entry_point)
     if not inspect.isclass(obj):
         raise PluginError(f"{cfg.source} is a {type(obj).__name__}, not a class; point it at the judge class")
     judge = getattr(obj, "judge", None)

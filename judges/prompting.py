@@ -22,6 +22,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,7 +53,7 @@ Reply with exactly one JSON object and nothing else:
 "verdict": "<satisfactory or unsatisfactory>", "score": <an integer from 1 (useless) to 10 (perfect)>}"""
 
 # The JSON schema servers with structured output (OpenAI, vLLM, llama.cpp) constrain the reply to.
-JUDGMENT_SCHEMA = {
+JUDGMENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "critique": {"type": "string"},
@@ -197,7 +198,8 @@ def locate_quotes(response: str, quotes: tuple[str, ...]) -> tuple[list[Span], i
 def _fold(text: str) -> tuple[str, list[int]]:
     """The text lower-cased with each run of whitespace as one space, stripped, and for each
     of its characters the offset in `text` it came from."""
-    out, where = [], []
+    out: list[str] = []
+    where: list[int] = []
     for i, ch in enumerate(text):
         if ch.isspace():
             if out and out[-1] != " ":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import Field
 
@@ -29,14 +29,14 @@ class RewardModelJudgeConfig(LocalModelOptions):
     max_length: int = Field(2048, gt=0, description="Longest input in tokens; longer ones lose their beginning.")
 
 
-class RewardModelJudge(LocalModelJudge):
+class RewardModelJudge(LocalModelJudge[RewardModelJudgeConfig]):
     def __init__(self, config: RewardModelJudgeConfig):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from alignloop.policies.model import resolve_model_path
 
-        super().__init__(config)
+        super().__init__(config, config.name)
         path = resolve_model_path(config.path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         # Cut from the left: the end of the response is what is being judged.
@@ -54,7 +54,8 @@ class RewardModelJudge(LocalModelJudge):
         when it has one."""
         if getattr(self.tokenizer, "chat_template", None):
             chat = [m.model_dump() for m in prompt.messages] + [{"role": "assistant", "content": sample.response}]
-            return self.tokenizer.apply_chat_template(chat, tokenize=False)
+            # tokenize=False returns the rendered text; transformers types the union of every mode
+            return cast(str, self.tokenizer.apply_chat_template(chat, tokenize=False))
         return f"{conversation_text(prompt)}\n\n{sample.response}"
 
     def scores(self, texts: list[str]) -> list[float]:

@@ -13,6 +13,7 @@ import io
 import math
 import tempfile
 import time
+from typing import cast
 
 import numpy as np
 import torch
@@ -195,8 +196,8 @@ class Learner:
         mask = response_mask(responses, t, self.device)
         # Each context's log-probs go to the TrainBatch field of that name, each declared
         # per-row value likewise: what the objective declared, and nothing else.
-        fields = {c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts}
-        fields.update(self.objective.row_tensors(rows, self.device))
+        fields: dict[str, torch.Tensor] = {c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts}
+        fields.update(self.objective.row_tensors(rows, self.device).items())
         if self.objective.needs_reference:
             with torch.no_grad(), self.model.disable_adapter():
                 fields["ref_logprobs"], _ = self.token_logprobs(plain, responses)
@@ -256,10 +257,12 @@ class Learner:
                 "sampler's log-probs (every built-in sampler returns them; a custom one must fill Sample.logprobs)")
         checked = given[: self.cfg.logprob_check_rows]
         computed = self.sequence_logprobs(missing + checked)
-        old = {e.sample.id: list(e.sample.logprobs) for e in given}
+        # aligned_logprobs() holds for every row of `given`: their logprobs are not None
+        old = {e.sample.id: list(cast(list[float], e.sample.logprobs)) for e in given}
         old.update({e.sample.id: lp for e, lp in zip(missing, computed)})
-        gaps = [abs(a - b) for e, mine in zip(checked, computed[len(missing):]) for a, b in zip(e.sample.logprobs, mine)]
-        metrics = {"n_old_logprobs_recomputed": len(missing), "n_old_logprobs_checked": len(checked)}
+        gaps = [abs(a - b) for e, mine in zip(checked, computed[len(missing):])
+                for a, b in zip(cast(list[float], e.sample.logprobs), mine)]
+        metrics: dict[str, float] = {"n_old_logprobs_recomputed": len(missing), "n_old_logprobs_checked": len(checked)}
         if gaps:
             metrics["old_logprob_gap"] = float(np.mean(gaps))
         return old, metrics

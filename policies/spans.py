@@ -19,6 +19,8 @@ Conventions, in the response's own coordinates (the sampler strips surrounding w
 
 from __future__ import annotations
 
+from typing import cast
+
 from alignloop.records import Span
 
 REPLACEMENT = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
@@ -50,7 +52,8 @@ def token_char_ranges(tokenizer, token_ids: list[int], response: str) -> list[tu
     def clamp(x: int) -> int:
         return min(max(x - lead, 0), len(response))
 
-    return [(clamp(a), clamp(b)) for a, b in ranges]
+    # Every token was pending once and every pending token got a range, so none is left None.
+    return [(clamp(a), clamp(b)) for a, b in cast(list[tuple[int, int]], ranges)]
 
 
 def covered_tokens(ranges: list[tuple[int, int]], special: list[bool], spans: list[Span]) -> list[bool]:
@@ -62,10 +65,10 @@ def covered_tokens(ranges: list[tuple[int, int]], special: list[bool], spans: li
                 if (a < s.end and s.start < b) if not sp else s.start < a < s.end:
                     out[k] = True
         else:
-            k = next((k for k, ((a, b), sp) in enumerate(zip(ranges, special))
-                      if (a <= s.start < b and not sp) or (sp and a == s.start)), None)
-            if k is not None:
-                out[k] = True
+            hit = next((k for k, ((a, b), sp) in enumerate(zip(ranges, special))
+                        if (a <= s.start < b and not sp) or (sp and a == s.start)), None)
+            if hit is not None:
+                out[hit] = True
     return out
 
 

@@ -94,8 +94,9 @@ def _comparable(g: list[Example]) -> tuple[list[Example], list[float], bool]:
     """The rows of one prompt that can be ranked, their keys, and whether the keys are scores.
     Scores when every row has one; else verdicts (positive 1 > negative 0) of the rows that
     have one, and then the minimum gap does not apply (a verdict has no scale)."""
-    if all(e.judgment.score is not None for e in g):
-        return g, [e.judgment.score for e in g], True
+    scores = [e.judgment.score for e in g if e.judgment.score is not None]
+    if len(scores) == len(g):
+        return g, scores, True
     ranked = [e for e in g if e.judgment.verdict is not None]
     return ranked, [float(e.judgment.verdict == "positive") for e in ranked], False
 

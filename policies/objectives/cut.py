@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alignloop.records import Message, merge_metrics
-from alignloop.policies.objectives.base import Example, Objective, TrainBatch, sequence_mean
+from alignloop.policies.objectives.base import Context, Example, Objective, TrainBatch, sequence_mean
 from alignloop.policies.objectives.options import CUTOptions
 
 EPS = 1e-5  # inside the log of 1 - p, which is 0 when p rounds to 1
@@ -40,6 +40,8 @@ def inappropriate_tokens(batch: TrainBatch, options: CUTOptions) -> torch.Tensor
     auto   spans for rows whose judgment has them, the ratio for the others.
     With token_detection off (the paper's ablation) every token of a negative counts."""
     mask, neg = batch.mask, batch.negative  # (B, T), (B,)
+    # CUT declares both contexts and `negative`, so the learner always fills them
+    assert neg is not None and batch.plain is not None and batch.judged is not None
     if not options.token_detection:
         return mask * neg[:, None]
     by_ratio = ((batch.judged - batch.plain).detach().exp() > options.threshold).float()
@@ -61,6 +63,9 @@ def detection_metrics(batch: TrainBatch, inappropriate: torch.Tensor, options: C
     mask, neg = batch.mask, batch.negative
     if batch.has_spans is None:
         return {}
+    # needs_spans fills span_mask together with has_spans; the contexts and `negative` always
+    assert neg is not None and batch.span_mask is not None
+    assert batch.plain is not None and batch.judged is not None
     spans_rows = neg * batch.has_spans  # (B,)
     out = {"cut_negatives_with_spans": (spans_rows.sum() / neg.sum().clamp(min=1)).item()}
     for source, rows in (("spans", spans_rows), ("ratio", neg * (1 - batch.has_spans))):
@@ -81,9 +86,10 @@ def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict
     """batch.negative (B,) is 1.0 for negatives; batch.plain and batch.judged (B, T)."""
     mask, neg = batch.mask, batch.negative  # (B, T), (B,)
     lp_plain, lp_judged = batch.plain, batch.judged  # (B, T)
+    assert neg is not None and lp_plain is not None and lp_judged is not None  # declared by CUT
     inappropriate = inappropriate_tokens(batch, options)  # (B, T)
     p_plain = lp_plain.exp()
-    weight = options.unlikelihood_weight
+    weight: float | torch.Tensor = options.unlikelihood_weight
     if options.dynamic_gamma is not None:
         weight = weight * lp_judged.detach().exp().pow(options.dynamic_gamma)  # alpha * p(y_t|x,j)^gamma
     unlikelihood = -weight * torch.log(1 - p_plain + EPS)  # (B, T)
@@ -122,10 +128,12 @@ class CUT(Objective):
             "n_positive": len(positives), "n_negative_without_critique": no_critique,
         }
 
-    def context_messages(self, context: str, example: Example):
+    def context_messages(self, context: Context, example: Example):
         if context == "judged":
             if not example.negative:
                 return None  # a positive is only scored under the plain prompt
+            # select() keeps only the negatives that carry a critique
+            assert example.judgment.critique is not None
             return judgment_messages(example, self.options.judgment_template, example.judgment.critique)
         return super().context_messages(context, example)
 

@@ -20,6 +20,8 @@ from alignloop.policies.objectives.options import DPOOptions
 def pair_margin(batch: TrainBatch) -> torch.Tensor:
     """(B/2,) h for each (chosen, rejected) pair of consecutive rows."""
     chosen = batch.chosen  # (B,)
+    # DPO declares `chosen` and needs_reference, and scores under the plain context
+    assert chosen is not None and batch.plain is not None and batch.ref_logprobs is not None
     if not (torch.all(chosen[0::2] == 1) and torch.all(chosen[1::2] == 0)):
         raise ValueError("DPO rows must alternate chosen, rejected; a minibatch split a pair")
     log_ratio = ((batch.plain - batch.ref_logprobs) * batch.mask).sum(-1)  # (B,)

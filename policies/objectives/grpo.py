@@ -39,6 +39,8 @@ def grpo_loss(batch: TrainBatch, options: GRPOOptions) -> tuple[torch.Tensor, di
     """sequence: each response's token mean, then the mean over rows (the GRPO paper; every
     response weighs the same). token: the mean over all tokens of the micro-batch (DAPO; every
     token weighs the same, so long responses are not diluted)."""
+    # GRPO declares `advantage` and needs_old_logprobs, and scores under the plain context
+    assert batch.plain is not None and batch.old_logprobs is not None and batch.advantage is not None
     per_token, ratio, active = clipped_surrogate(
         batch.plain, batch.old_logprobs, batch.advantage, options.clip_eps
     )

@@ -28,6 +28,9 @@ def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch
 def ppo_loss(batch: TrainBatch, options: PPOOptions) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over all tokens of the clipped surrogate plus kl_coef * KL(pi || pi_ref)."""
     lp = batch.plain  # (B, T)
+    # PPO declares `advantage`, needs_reference and needs_old_logprobs
+    assert lp is not None and batch.old_logprobs is not None and batch.advantage is not None
+    assert batch.ref_logprobs is not None
     surrogate, ratio, active = clipped_surrogate(lp, batch.old_logprobs, batch.advantage, options.clip_eps)
     kl = kl_to_reference(lp, batch.ref_logprobs)  # (B, T)
     policy_loss, kl_loss = masked_mean(surrogate, batch.mask), masked_mean(kl, batch.mask)

@@ -15,6 +15,7 @@ def reinforce_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """-mean over rows of A * log pi(y), with log pi(y) the sum over the response's tokens:
     the score-function estimate of the gradient of the expected reward. No importance ratio,
     so extra epochs over the same samples are plain (biased) reuse; GRPO and PPO correct it."""
+    assert batch.plain is not None and batch.advantage is not None  # declared by Reinforce
     seq_logprob = (batch.plain * batch.mask).sum(-1)  # (B,)
     loss = -(batch.advantage * seq_logprob).mean()
     return loss, {"seq_logprob": seq_logprob.mean().item()}

@@ -26,6 +26,7 @@ def rwr_weights(rewards: np.ndarray, beta: float) -> np.ndarray:
 def rwr_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """-mean over rows of w * (mean token log-prob of the response): the weighted form of the
     SFT loss (same per-row token mean), so RWR with equal weights is exactly SFT."""
+    assert batch.plain is not None and batch.weight is not None  # declared by RWR
     nll = -sequence_mean(batch.plain, batch.mask)  # (B,)
     loss = (batch.weight * nll).mean()
     return loss, {"nll": nll.mean().item()}

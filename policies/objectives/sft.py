@@ -25,6 +25,7 @@ def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 def sft_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """The NLL of the responses under the prompt they were sampled from."""
+    assert batch.plain is not None  # every objective declares the plain context by default
     return nll_loss(batch.plain, batch.mask)
 
 

@@ -64,7 +64,7 @@ class HFSampler:
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
         self.version, self.checksum = payload.version, payload.checksum
-        return self.serving()
+        return payload.version, payload.checksum  # what serving() now reports
 
     def _lora_layers(self) -> list:
         return [m for m in self.model.modules() if isinstance(m, LoraLayer)]

@@ -61,7 +61,7 @@ class VLLMSampler:
             if stale != path:
                 shutil.rmtree(stale, ignore_errors=True)
         self.version, self.checksum = payload.version, payload.checksum
-        return self.serving()
+        return payload.version, payload.checksum  # what serving() now reports
 
     def serving(self) -> tuple[int | None, str | None]:
         return self.version, self.checksum
