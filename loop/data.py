@@ -67,7 +67,8 @@ def load_prompts(path: str | Path, round_id: str | None = None, columns: dict[st
     directory or a glob), a Hugging Face dataset saved with `save_to_disk`, or `hf:<hub id>`.
     `columns` renames the dataset's fields to this schema's (`{"instruction": "question"}`).
     Ids must be unique across the files (a row's default id is `<file stem>-<line>`)."""
-    prompts, seen = [], {}
+    prompts: list[Prompt] = []
+    seen: dict[str, tuple[object, object]] = {}  # prompt id -> (source, where) of its first row
     for source, where, row in _rows(path, round_id, split):
         row = _renamed(row, columns, f"{source}:{where}") if columns else row
         prompt = row_to_prompt(row, default_id=f"{Path(str(source)).stem}-{where}", where=f"{source}:{where}")
@@ -235,7 +236,8 @@ class PromptStream:
         self.n, self.per_iteration, self.seed, self.shuffle = n, per_iteration, seed, shuffle
         state = state or StreamPosition(epoch=0, position=0, order=None)
         self.epoch, self.position = state["epoch"], state["position"]
-        self.order = state["order"] if state.get("order") is not None else self._new_order(self.epoch, [])
+        order = state.get("order")
+        self.order = order if order is not None else self._new_order(self.epoch, [])
 
     def _new_order(self, epoch: int, in_batch: list[int]) -> list[int]:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)

@@ -14,7 +14,7 @@ class Phase:
     """Times one phase and, on an interactive terminal, shows its progress bar (silent in
     logs and CI, where the per-iteration summary line is the record)."""
 
-    def __init__(self, name: str, total: int, unit: str):
+    def __init__(self, name: str, total: int | None, unit: str):
         self.bar = tqdm(total=total, desc=f"  {name}", unit=unit, leave=False,
                         disable=not sys.stderr.isatty(), file=sys.stderr)
         self.start, self.elapsed = time.perf_counter(), 0.0
@@ -29,7 +29,7 @@ class Phase:
 
 
 @contextmanager
-def phase(name: str, total: int, unit: str):
+def phase(name: str, total: int | None, unit: str):  # total None: not known up front
     p = Phase(name, total, unit)
     try:
         yield p

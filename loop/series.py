@@ -213,7 +213,7 @@ def begin_round(series: Series, cfg: RunConfig, round_id: str, prompts: list[Pro
     base = series.iterations_done()
     entry = RoundEntry(
         id=round_id, started=_now(), n_prompts=len(prompts), iterations=cfg.iterations, base=base,
-        start_version=promoted.adapter_version if promoted else 0,
+        start_version=promoted_version(promoted) if promoted else 0,
         start_checksum=promoted.adapter_sha256 if promoted else None,
     )
     series.put(entry)
@@ -252,6 +252,7 @@ class Round:
         promoted = self.series.promoted()
         origin = None
         if promoted is not None:
+            assert promoted.adapter_dir is not None  # finish() records it before it promotes
             origin = str((self.series.root / promoted.adapter_dir).resolve().parent)
         return RunState(
             adapter_version=self.entry.start_version, adapter_checksum=self.entry.start_checksum,
@@ -267,6 +268,7 @@ class Round:
         if (out / "metrics.json").exists():
             return json.loads((out / "metrics.json").read_text())
         gate = self.cfg.round.eval
+        assert gate is not None  # called only when round.eval is set
         cached = self.series.root / "eval-cache" / eval_key(self.cfg, checksum)
         source = "cached" if (cached / "metrics.json").exists() else "computed"
         if source == "computed":
@@ -306,10 +308,17 @@ class Round:
         return RoundResult(e.exit_code, f"round {e.id}: {e.verdict}", e)
 
 
+def promoted_version(entry: RoundEntry) -> int:
+    """The adapter version of a promoted round: finish() records it before it promotes."""
+    assert entry.adapter_version is not None
+    return entry.adapter_version
+
+
 def gate_verdict(cfg: RunConfig, before: dict | None, after: dict | None) -> tuple[bool, str]:
     gate = cfg.round.eval
     if gate is None:
         return True, "promoted (no eval gate configured)"
+    assert before is not None and after is not None  # Round.run evaluates both when the gate is set
     key = gate.metric
     b, a = before.get(key), after.get(key)
     if a is None or b is None:
@@ -334,6 +343,7 @@ def eval_key(cfg: RunConfig, checksum: str | None) -> str:
     """What decides an eval's result: the adapter, the eval prompts' content, the eval setup,
     the judge, the sampler settings and the seed."""
     gate = cfg.round.eval
+    assert gate is not None  # only an eval gate has a key
     prompts = sorted(content_hash(p) for p in load_prompts(gate.path))
     setup = {
         "adapter": checksum or f"base:{cfg.model.path}:{cfg.model.adapter}", "prompts": prompts,

@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from alignloop.loop.config import RunConfig
 from alignloop.loop.cursor import AheadStep, Metrics, Step
@@ -274,7 +274,8 @@ def stream_prompts(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, pro
     return asyncio.run(_stream(samplers, judges, cfg, prompts, step, on_sampled))
 
 
-async def _stream(samplers, judges, cfg, prompts, step, on_sampled):
+async def _stream(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], step: int,
+                  on_sampled: Callable[[list[Sample], float], None]) -> tuple[list[Sample], list[Judgment], Metrics]:
     loop = asyncio.get_running_loop()
     chunks = sampler_chunks(cfg, prompts, step)
     per, size = cfg.sampler.samples_per_prompt, cfg.judging.chunk_size
@@ -292,7 +293,8 @@ async def _stream(samplers, judges, cfg, prompts, step, on_sampled):
             missing[j] -= 1
             if missing[j] == 0:
                 judge_start[:] = judge_start or [time.perf_counter()]
-                queue.put_nowait((j, judge_chunks(cfg, prompts, slots[j * size: (j + 1) * size])[0]))
+                ready = cast(list[Sample], slots[j * size: (j + 1) * size])  # none missing: all filled
+                queue.put_nowait((j, judge_chunks(cfg, prompts, ready)[0]))
 
     with phase("sampling", len(prompts), "prompt") as sample_bar, phase("judging", total, "sample") as judge_bar:
         def done(c: int, part: list[Sample]) -> None:  # on the sampling thread
@@ -311,12 +313,13 @@ async def _stream(samplers, judges, cfg, prompts, step, on_sampled):
         if None in slots:  # a sampler broke its contract of `per` samples per prompt
             judging.cancel()
             raise AssertionError(f"the samplers returned {total - slots.count(None)} of {total} samples")
-        on_sampled(list(slots), sample_s)
+        filled = cast(list[Sample], slots)  # the same list, now that no slot is None
+        on_sampled(list(filled), sample_s)
         parts, usage = await judging
     by_id = {j.sample_id: j for part in parts for j in part}
-    judgments = [by_id[s.id] for s in slots]
+    judgments = [by_id[s.id] for s in filled]
     judge_s = judge_bar.elapsed - (judge_start[0] - judge_bar.start if judge_start else 0)
-    return slots, judgments, merge_metrics({"judge_s": judge_s, "sample_judge_s": judge_bar.elapsed}, usage)
+    return filled, judgments, merge_metrics({"judge_s": judge_s, "sample_judge_s": judge_bar.elapsed}, usage)
 
 
 def _seed(seed: int, iteration: int, offset: int) -> int:

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from typing import Callable, Protocol
 
 from alignloop.loop.config import ConfigError, RunConfig
 from alignloop.loop.store import RunStore, atomic_write_text
@@ -95,9 +96,9 @@ class WandbTracker:
         )
 
     def log(self, step: int, values: dict[str, float], rows: list[list]) -> None:
-        payload = dict(values)
+        payload: dict[str, object] = dict(values)
         if rows:
-            payload["samples"] = self.wandb.Table(columns=COLUMNS, data=[[str(v) for v in r] for r in rows])
+            payload["samples"] = self.wandb.Table(columns=list(COLUMNS), data=[[str(v) for v in r] for r in rows])
         self.run.log(payload, step=step)
 
     def close(self) -> None:
@@ -125,13 +126,25 @@ class MlflowTracker:
         self.mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
         if rows:
             # log_dict, not log_table: the latter needs pandas, which nothing else here does.
-            self.mlflow.log_dict([dict(zip(COLUMNS, r)) for r in rows], f"samples/iter-{step:04d}.json")
+            # (mlflow's hint says dict; it writes any JSON-serialisable value)
+            self.mlflow.log_dict([dict(zip(COLUMNS, r)) for r in rows], f"samples/iter-{step:04d}.json")  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.mlflow.end_run()
 
 
-BACKENDS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
+class Tracker(Protocol):
+    """What every backend above provides."""
+
+    def log(self, step: int, values: dict[str, float], rows: list[list]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# name -> the backend's class, called as (cfg, log_dir, run_name, after_step)
+BACKENDS: dict[str, Callable[[RunConfig, Path, str, int], Tracker]] = {
+    "tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker,
+}
 
 
 class Tracking:
@@ -143,7 +156,7 @@ class Tracking:
         self.sent: dict[str, int] = json.loads(self.path.read_text()) if self.path.exists() else {}
         log_dir = Path(cfg.tracking.dir) if cfg.tracking.dir else store.root / "tracking"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.trackers = {
+        self.trackers: dict[str, Tracker] = {
             name: BACKENDS[name](cfg, log_dir, cfg.name, base + self.sent.get(name, 0)) for name in cfg.tracking.backends
         }
 

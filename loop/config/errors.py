@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
+from pydantic_core import ErrorDetails
 
 from alignloop.loop.config.schema import RunConfig
 # ConfigError lives at the bottom layer (records) so that judges and policies can raise it too.
 from alignloop.records.errors import ConfigError  # noqa: F401 - re-exported: loop.config.ConfigError
 
 
-def format_error(err: dict, raw: dict) -> str:
+def format_error(err: ErrorDetails, raw: dict) -> str:
     """One line: the field path as the user wrote it, what is wrong, and what is allowed."""
     path, model = _user_path(err["loc"], raw)
     where = ".".join(str(p) for p in path) or "(top level)"
@@ -39,7 +40,8 @@ def format_error(err: dict, raw: dict) -> str:
 def _user_path(loc: tuple, raw: Any) -> tuple[list, type[BaseModel] | None]:
     """pydantic puts union tags into `loc` (judge.rules.checks...); keep only the segments
     that index into what the user wrote, and return the model class at the end of the path."""
-    path, node, tp = [], raw, RunConfig
+    path: list = []
+    node, tp = raw, cast(Any, RunConfig)  # tp walks through field types: models, lists, unions, None
     for seg in loc:
         if isinstance(node, dict) and seg in node:
             path.append(seg)

@@ -4,6 +4,7 @@ the schema; every problem is a ConfigError that says what to set."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from alignloop.loop.config.schema import RunConfig
 from alignloop.records.errors import read_utf8
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; pass the YAML config file, e.g. configs/quickstart.yaml")

@@ -16,7 +16,7 @@ class JudgeWorker:
     """Runs one judge backend. A call that raises becomes an error judgment for each sample
     of the chunk: counted, never a made-up reward."""
 
-    def __init__(self, judge_cfg):
+    def __init__(self, judge_cfg) -> None:
         from alignloop.judges import build_judge
 
         # Not `self.judge`: that would hide the `judge` method on the instance.
@@ -124,7 +124,8 @@ class JudgeWorkers:
         empty for judges that report none) as `judge_*` metrics."""
         return asyncio.run(self._judge(chunks, on_done))
 
-    async def _judge(self, chunks, on_done):
+    async def _judge(self, chunks: list[JudgeChunk], on_done: Callable[[int], None]
+                     ) -> tuple[list[list[Judgment]], dict[str, float]]:
         queue: asyncio.Queue = asyncio.Queue()
         for item in enumerate(chunks):
             queue.put_nowait(item)

@@ -3,7 +3,7 @@ resources the config asks for, behind the Protocols of loop/roles/protocols.py."
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import ray
 from ray.util.placement_group import remove_placement_group
@@ -60,8 +60,9 @@ class RayRoles:
         from alignloop.policies.learner import Learner
         from alignloop.policies.samplers import sampler_class
 
-        self.cfg, self.judge_pools = cfg, []  # the run's judges and any evaluation's own
-        sampler_cls = ray.remote(sampler_class(cfg.sampler.backend))
+        self.cfg = cfg
+        self.judge_pools: list[JudgeWorkers] = []  # the run's judges and any evaluation's own
+        sampler_cls: Any = ray.remote(sampler_class(cfg.sampler.backend))  # an actor class
         placed = [sampler_placement(cfg.sampler) for _ in range(cfg.sampler.replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
         self.samplers = SamplerReplicas(

@@ -4,6 +4,7 @@ their calls. The only module besides loop/roles/ray_roles.py that imports Ray.""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -44,7 +45,7 @@ def start_ray(cfg: RayConfig) -> None:
         dashboard_host="127.0.0.1",
         log_to_driver=True,
         configure_logging=True,
-        logging_level="WARNING",
+        logging_level="WARNING",  # type: ignore[arg-type]  # ray takes a level name too; its hint says int
     )
 
 
@@ -101,7 +102,7 @@ def node_placement(groups: dict[str, list]) -> dict:
 
     refs = {group: [node_of(h) for h in handles] for group, handles in groups.items()}
     nodes = {n["NodeID"]: n for n in ray.nodes()}
-    out = {group: ray.get(r) for group, r in refs.items()}
+    out: dict[str, Any] = {group: ray.get(r) for group, r in refs.items()}
     out["nodes"] = {nid: sorted(k for k in nodes[nid]["Resources"] if not is_builtin_resource(k))
                     for nid in sorted({n for ids in out.values() for n in ids}) if nid in nodes}
     return out

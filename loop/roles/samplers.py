@@ -105,6 +105,7 @@ class SamplerReplicas:
         """The replica to retry a chunk of replica k on: k itself once it serves the published
         adapter again (after Ray restarted it), else another live one."""
         deadline = time.monotonic() + (self.timeout or RESTART_TIMEOUT_S)
+        assert self.adapter is not None  # a replica can only lose an adapter that was published
         while k in self.live:
             try:
                 self._reload(k)

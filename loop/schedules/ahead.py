@@ -30,8 +30,10 @@ def run(steps: Steps, adapter: Exported) -> Exported:
                 step = steps.state.cursor.first_step_ahead(j)
                 done = (steps.state.cursor.ahead or {}).get(j)
                 publish_s = 0.0  # only sampling needs an adapter; saved samples are judged as they are
-                if step == "sample" and (publish_s := adapters.serve(max(0, j - 1 - n))) is None:
-                    return  # the learner stopped
+                if step == "sample":
+                    if (served := adapters.serve(max(0, j - 1 - n))) is None:
+                        return  # the learner stopped
+                    publish_s = served
                 handoff.put((steps.sampled_and_judged(j, step, done.metrics if done else {}), publish_s))
         except BaseException as e:  # noqa: BLE001 - raised on the learner's thread, in order
             handoff.put(e)
