@@ -27,5 +27,19 @@ from alignloop.loop.api import (
 from alignloop.records import Judgment, Prompt, Sample, Span
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "validate_config", "run", "run_round", "read_run", "RunRecords", "RunConfig",
-           "RoundResult", "ConfigError", "Judgment", "Prompt", "Sample", "Span", "__version__"]
+__all__ = [
+    "load_config",
+    "validate_config",
+    "run",
+    "run_round",
+    "read_run",
+    "RunRecords",
+    "RunConfig",
+    "RoundResult",
+    "ConfigError",
+    "Judgment",
+    "Prompt",
+    "Sample",
+    "Span",
+    "__version__",
+]

@@ -13,7 +13,8 @@ imported when a judge is built, so loading a config stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Union
+from collections.abc import Callable
+from typing import Annotated
 
 from pydantic import Field
 
@@ -37,8 +38,12 @@ JUDGES: dict[str, tuple[type, Callable]] = {
 }
 
 JudgeConfig = Annotated[
-    Union[RulesJudgeConfig, OpenAIJudgeConfig, RewardModelJudgeConfig, CritiqueModelJudgeConfig,
-          CompositeJudgeConfig, PythonJudgeConfig],
+    RulesJudgeConfig
+    | OpenAIJudgeConfig
+    | RewardModelJudgeConfig
+    | CritiqueModelJudgeConfig
+    | CompositeJudgeConfig
+    | PythonJudgeConfig,
     Field(discriminator="type"),
 ]
 # A composite holds judges of any type, itself included.

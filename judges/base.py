@@ -10,7 +10,8 @@ cost_usd, ...) that the cycle reports per iteration as `judge_*` metrics.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from alignloop.records import Judgment, Prompt, Sample
 

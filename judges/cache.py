@@ -50,8 +50,14 @@ class JudgmentCache:
         return Parsed(**{**value, "quotes": tuple(value.get("quotes", ()))})
 
     def put(self, key: str, parsed: Parsed) -> None:
-        value = json.dumps({"verdict": parsed.verdict, "score": parsed.score, "critique": parsed.critique,
-                            "quotes": list(parsed.quotes)})
+        value = json.dumps(
+            {
+                "verdict": parsed.verdict,
+                "score": parsed.score,
+                "critique": parsed.critique,
+                "quotes": list(parsed.quotes),
+            }
+        )
         self.db.execute("INSERT OR REPLACE INTO judgments (key, value) VALUES (?, ?)", (key, value))
 
     def __len__(self) -> int:

@@ -19,7 +19,8 @@ all mode.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,16 +35,22 @@ class CompositeJudgeConfig(BaseModel):
 
     type: Literal["composite"] = "composite"
     name: str = Field("composite", description="Recorded as `judge` on every judgment.")
-    mode: Literal["gate", "all"] = Field("gate", description="gate: in order, stop at the first negative; all: combine every judge.")
-    judges: list["JudgeConfig"] = Field(min_length=1, description="The judges, each chosen by `type` (gate: in order).")
+    mode: Literal["gate", "all"] = Field(
+        "gate", description="gate: in order, stop at the first negative; all: combine every judge."
+    )
+    judges: list[JudgeConfig] = Field(min_length=1, description="The judges, each chosen by `type` (gate: in order).")
     weights: list[float] | None = Field(None, description="all mode: score weight per judge (None: equal).")
-    gate_fail_score: float | None = Field(None, description="gate mode: score of a gate failure (None: the gate's own).")
+    gate_fail_score: float | None = Field(
+        None, description="gate mode: score of a gate failure (None: the gate's own)."
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "CompositeJudgeConfig":
+    def _consistent(self) -> CompositeJudgeConfig:
         names = [j.name for j in self.judges]
         if len(set(names)) != len(names):
-            raise ValueError(f"judge names {names} repeat; give each judge a distinct `name` (critiques are labelled by it)")
+            raise ValueError(
+                f"judge names {names} repeat; give each judge a distinct `name` (critiques are labelled by it)"
+            )
         if self.weights is not None:
             if self.mode != "all":
                 raise ValueError("weights apply to mode: all only; remove them or set mode: all")
@@ -119,6 +126,13 @@ class CompositeJudge:
         critique = "\n".join(f"[{n}] {p.critique}" for n, p in zip(names, parts) if p.critique) or None
         # The parts' spans merged (each kept once, in order); their critiques say why.
         spans = merged_spans(s for p in parts for s in p.spans or ())
-        return Judgment(sample_id=sample.id, verdict=verdict, score=score, critique=critique,
-                        judge=self.name, latency_s=latency, spans=spans or None,
-                        unlocated_quotes=sum(p.unlocated_quotes for p in parts))
+        return Judgment(
+            sample_id=sample.id,
+            verdict=verdict,
+            score=score,
+            critique=critique,
+            judge=self.name,
+            latency_s=latency,
+            spans=spans or None,
+            unlocated_quotes=sum(p.unlocated_quotes for p in parts),
+        )

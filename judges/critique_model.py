@@ -19,11 +19,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignloop.judges.local import LocalModelJudge, LocalModelOptions
-from alignloop.judges.prompting import PromptOptions, Truncated, Unparseable, bounded_schema, parse_judgment, render_messages
-from alignloop.records import Judgment, Prompt, Sample
-from alignloop.records.errors import ConfigError
+from alignloop.judges.prompting import (
+    PromptOptions,
+    Truncated,
+    Unparseable,
+    bounded_schema,
+    parse_judgment,
+    render_messages,
+)
 from alignloop.policies.model import Reply
 from alignloop.policies.vllm_engine import VLLMEngineOptions
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.records.errors import ConfigError
 
 
 class CritiqueModelJudgeConfig(LocalModelOptions):
@@ -34,14 +41,18 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0: greedy).")
     seed: int = Field(0, description="Seeds sampling when temperature > 0.")
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="Where the judge model runs, as sampler.backend says it (hf: transformers; vllm: a vLLM engine; device/threads then do not apply)."
+        "hf",
+        description="Where the judge model runs, as sampler.backend says it (hf: transformers; vllm: a vLLM engine; device/threads then do not apply).",
     )
     vllm: VLLMEngineOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
     constrained: bool = Field(
-        True, description="Decode the reply inside the judgment's JSON schema (hf: llguidance; vllm: structured outputs), so a small model still writes a judgment that parses; false: free text, parsed tolerantly."
+        True,
+        description="Decode the reply inside the judgment's JSON schema (hf: llguidance; vllm: structured outputs), so a small model still writes a judgment that parses; false: free text, parsed tolerantly.",
     )
     max_critique_chars: int = Field(
-        400, gt=0, description="Constrained: the longest critique (and each quote) the schema allows, so a model that repeats itself still reaches the verdict."
+        400,
+        gt=0,
+        description="Constrained: the longest critique (and each quote) the schema allows, so a model that repeats itself still reaches the verdict.",
     )
 
     def reply_schema(self) -> dict | None:
@@ -66,9 +77,11 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
             preflight(self.path, schema)
 
     @model_validator(mode="after")
-    def _vllm_options_need_vllm(self) -> "CritiqueModelJudgeConfig":
+    def _vllm_options_need_vllm(self) -> CritiqueModelJudgeConfig:
         if self.vllm is not None and self.backend != "vllm":
-            raise ValueError(f"judge.vllm is set but judge.backend is {self.backend!r}; set backend: vllm or remove vllm")
+            raise ValueError(
+                f"judge.vllm is set but judge.backend is {self.backend!r}; set backend: vllm or remove vllm"
+            )
         return self
 
 
@@ -84,8 +97,13 @@ class TransformersChatGenerator:
         self.tokenizer = load_tokenizer(path)
         self.model = load_model(path, dtype, device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
-        self.constraint = None if schema is None else SchemaConstraint(
-            self.tokenizer, schema, self.model.get_output_embeddings().weight.shape[0], self.stop_ids)
+        self.constraint = (
+            None
+            if schema is None
+            else SchemaConstraint(
+                self.tokenizer, schema, self.model.get_output_embeddings().weight.shape[0], self.stop_ids
+            )
+        )
 
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         import torch
@@ -104,13 +122,20 @@ class TransformersChatGenerator:
         processors = [self.constraint.processor(len(ids), width)] if self.constraint else None
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                do_sample=sampling, **({"temperature": temperature, "top_k": 0} if sampling else {}),
-                eos_token_id=self.stop_ids, pad_token_id=pad, logits_processor=processors,
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=sampling,
+                **({"temperature": temperature, "top_k": 0} if sampling else {}),
+                eos_token_id=self.stop_ids,
+                pad_token_id=pad,
+                logits_processor=processors,
             )  # (B, T + new)
         new = out[:, width:].tolist()
-        return [Reply(self.tokenizer.decode(row, skip_special_tokens=True), not set(row) & set(self.stop_ids))
-                for row in new]
+        return [
+            Reply(self.tokenizer.decode(row, skip_special_tokens=True), not set(row) & set(self.stop_ids))
+            for row in new
+        ]
 
 
 def transformers_generator(config: CritiqueModelJudgeConfig, path: str, device: str) -> TransformersChatGenerator:
@@ -145,7 +170,9 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
         try:
             parsed = self.parse(reply)
         except Unparseable as e:
-            return Judgment(sample_id=sample.id, judge=self.name, latency_s=latency, error=f"unparseable judge reply: {e}")
+            return Judgment(
+                sample_id=sample.id, judge=self.name, latency_s=latency, error=f"unparseable judge reply: {e}"
+            )
         return parsed.judgment(sample, self.name, latency)
 
     def parse(self, reply: Reply):
@@ -153,8 +180,10 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
         if reply.truncated:
             # Said as what it is: the fix is a setting, and a retry under it would be cut off again.
             lower = " or lower judge.max_critique_chars" if c.constrained else ""
-            raise Truncated(f"the judge's reply was cut off at judge.max_new_tokens ({c.max_new_tokens}) before it "
-                            f"ended; raise judge.max_new_tokens{lower}")
+            raise Truncated(
+                f"the judge's reply was cut off at judge.max_new_tokens ({c.max_new_tokens}) before it "
+                f"ended; raise judge.max_new_tokens{lower}"
+            )
         return parse_judgment(reply.text, c.prompt.score_range)
 
     def generate(self, chats: list[list[dict]]) -> list[Reply]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Callable, Generic, Literal, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +18,9 @@ class LocalModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="Local Hugging Face directory or hub id of the judge model.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the judge model runs (auto: cuda if visible).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the judge model runs (auto: cuda if visible)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Judge weights dtype.")
     batch_size: int = Field(8, gt=0, description="Samples per forward pass.")
     threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node).")

@@ -18,15 +18,23 @@ import email.utils
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from alignloop.judges.cache import JudgmentCache, cache_key, default_cache_path
-from alignloop.judges.prompting import (JUDGMENT_SCHEMA, Parsed, PromptOptions, Truncated, Unparseable, parse_judgment,
-                              render_messages)
+from alignloop.judges.prompting import (
+    JUDGMENT_SCHEMA,
+    Parsed,
+    PromptOptions,
+    Truncated,
+    Unparseable,
+    parse_judgment,
+    render_messages,
+)
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.errors import ConfigError
 from alignloop.records.secrets import env_secret, looks_like_a_key, mask_secrets
@@ -49,18 +57,28 @@ class OpenAIJudgeConfig(BaseModel):
         if v is None:
             return v
         if looks_like_a_key(v):
-            raise PydanticCustomError("secret", (
-                "this looks like an API key, but api_key_env takes the *name* of the environment variable "
-                "that holds it; run `export OPENAI_API_KEY=<your key>` and set api_key_env: OPENAI_API_KEY "
-                "(the value was not printed or saved)"))
+            raise PydanticCustomError(
+                "secret",
+                (
+                    "this looks like an API key, but api_key_env takes the *name* of the environment variable "
+                    "that holds it; run `export OPENAI_API_KEY=<your key>` and set api_key_env: OPENAI_API_KEY "
+                    "(the value was not printed or saved)"
+                ),
+            )
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise PydanticCustomError("secret", (
-                "api_key_env must be an environment variable name (letters, digits and '_', not starting "
-                "with a digit), e.g. OPENAI_API_KEY"))
+            raise PydanticCustomError(
+                "secret",
+                (
+                    "api_key_env must be an environment variable name (letters, digits and '_', not starting "
+                    "with a digit), e.g. OPENAI_API_KEY"
+                ),
+            )
         return v
+
     prompt: PromptOptions = Field(default_factory=PromptOptions, description="Judge prompt and reply parsing.")
     response_format: Literal["json_schema", "json_object", "text"] = Field(
-        "json_schema", description="Structured output to ask for (text: servers without it; the reply is parsed tolerantly)."
+        "json_schema",
+        description="Structured output to ask for (text: servers without it; the reply is parsed tolerantly).",
     )
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature.")
     max_tokens: int = Field(512, gt=0, description="Longest judge reply, in tokens.")
@@ -70,17 +88,20 @@ class OpenAIJudgeConfig(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed request before it is recorded as an error.")
     unparseable_retries: int = Field(
-        1, ge=0, description="Ask again when a reply cannot be read, at temperature > 0 only (at 0 it would repeat itself)."
+        1,
+        ge=0,
+        description="Ask again when a reply cannot be read, at temperature > 0 only (at 0 it would repeat itself).",
     )
     backoff_base_s: float = Field(1.0, gt=0, description="First retry waits about this long; doubling after.")
-    backoff_max_s: float = Field(60.0, gt=0, description="Cap of the exponential backoff (a server's Retry-After is always honoured).")
+    backoff_max_s: float = Field(
+        60.0, gt=0, description="Cap of the exponential backoff (a server's Retry-After is always honoured)."
+    )
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M prompt tokens, for cost metrics.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M completion tokens, for cost metrics.")
     cache: bool = Field(True, description="Reuse earlier successful judgments of the same request from disk.")
     cache_path: str | None = Field(
         None, description="Cache file (None: $ALIGNLOOP_CACHE or ~/.cache/alignloop, judge-cache/judgments.sqlite)."
     )
-
 
     def preflight(self) -> None:
         """Before anything is sampled: the key's variable is set and the endpoint answers."""
@@ -171,8 +192,9 @@ class OpenAIJudge:
                 parsed = await self.readable_reply(messages)
             except (CallFailed, Unparseable) as e:
                 kind = "unparseable judge reply: " if isinstance(e, Unparseable) else ""
-                return Judgment(sample_id=sample.id, judge=self.name, latency_s=time.perf_counter() - start,
-                                error=f"{kind}{e}")
+                return Judgment(
+                    sample_id=sample.id, judge=self.name, latency_s=time.perf_counter() - start, error=f"{kind}{e}"
+                )
         if self.cache is not None:
             self.cache.put(key, parsed)
         return self.judgment(sample, parsed, time.perf_counter() - start)
@@ -197,9 +219,17 @@ class OpenAIJudge:
     def identity(self, messages: list[dict]) -> dict:
         """Everything that decides the answer; the messages already hold prompt and response."""
         c = self.config
-        return {"base_url": c.base_url, "model": c.model, "messages": messages, "format": c.response_format,
-                "temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed,
-                "extra_body": c.extra_body, "score_range": list(c.prompt.score_range)}
+        return {
+            "base_url": c.base_url,
+            "model": c.model,
+            "messages": messages,
+            "format": c.response_format,
+            "temperature": c.temperature,
+            "max_tokens": c.max_tokens,
+            "seed": c.seed,
+            "extra_body": c.extra_body,
+            "score_range": list(c.prompt.score_range),
+        }
 
     # the request ----------------------------------------------------------------------------------
     async def call(self, messages: list[dict]) -> str:
@@ -223,13 +253,20 @@ class OpenAIJudge:
 
     def request(self, messages: list[dict]) -> dict:
         c = self.config
-        kwargs = {"model": c.model, "messages": messages, "temperature": c.temperature,
-                  "max_tokens": c.max_tokens, "timeout": c.timeout_s}
+        kwargs = {
+            "model": c.model,
+            "messages": messages,
+            "temperature": c.temperature,
+            "max_tokens": c.max_tokens,
+            "timeout": c.timeout_s,
+        }
         if c.seed is not None:
             kwargs["seed"] = c.seed
         if c.response_format == "json_schema":
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "judgment", "strict": True, "schema": JUDGMENT_SCHEMA}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "judgment", "strict": True, "schema": JUDGMENT_SCHEMA},
+            }
         elif c.response_format == "json_object":
             kwargs["response_format"] = {"type": "json_object"}
         if c.extra_body:
@@ -272,8 +309,9 @@ def reply_text(response, max_tokens: int | None = None) -> str:
         raise Unparseable("the response has no choices")
     if getattr(choices[0], "finish_reason", None) == "length":
         # Said as what it is, not as "no JSON object": the fix is the user's setting.
-        raise Truncated(f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; "
-                          "raise judge.max_tokens")
+        raise Truncated(
+            f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; raise judge.max_tokens"
+        )
     text = choices[0].message.content
     if not text:
         refusal = getattr(choices[0].message, "refusal", None)

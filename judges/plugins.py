@@ -42,14 +42,20 @@ class PythonJudgeConfig(BaseModel):
 
     type: Literal["python"] = "python"
     target: str | None = Field(None, description="Judge class as 'module.path:ClassName'.")
-    entry_point: str | None = Field(None, description=f"Name of a judge in the '{ENTRY_POINT_GROUP}' entry-point group.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Passed to the class (validated by its Config if any).")
+    entry_point: str | None = Field(
+        None, description=f"Name of a judge in the '{ENTRY_POINT_GROUP}' entry-point group."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the class (validated by its Config if any)."
+    )
     name: str | None = Field(None, description="Recorded as `judge` on every judgment (None: the class's own name).")
 
     @model_validator(mode="after")
-    def _one_source_that_loads(self) -> "PythonJudgeConfig":
+    def _one_source_that_loads(self) -> PythonJudgeConfig:
         if (self.target is None) == (self.entry_point is None):
-            raise ValueError("set exactly one of `target` ('module:Class') or `entry_point` (an installed judge's name)")
+            raise ValueError(
+                "set exactly one of `target` ('module:Class') or `entry_point` (an installed judge's name)"
+            )
         cls = load_class(self)
         plugin_options(cls, self)  # validates the options now rather than in a judge actor
         return self
@@ -69,11 +75,15 @@ def load_class(cfg: PythonJudgeConfig) -> type:
         raise PluginError(f"{cfg.source} is a {type(obj).__name__}, not a class; point it at the judge class")
     judge = getattr(obj, "judge", None)
     if judge is None:
-        raise PluginError(f"{cfg.source} does not satisfy the Judge protocol: it has no method "
-                          "`async def judge(self, prompts, samples) -> list[Judgment]`")
+        raise PluginError(
+            f"{cfg.source} does not satisfy the Judge protocol: it has no method "
+            "`async def judge(self, prompts, samples) -> list[Judgment]`"
+        )
     if not inspect.iscoroutinefunction(judge):
-        raise PluginError(f"{cfg.source} does not satisfy the Judge protocol: `judge` must be `async def` "
-                          "(wrap blocking work in asyncio.to_thread)")
+        raise PluginError(
+            f"{cfg.source} does not satisfy the Judge protocol: `judge` must be `async def` "
+            "(wrap blocking work in asyncio.to_thread)"
+        )
     return obj
 
 
@@ -97,8 +107,10 @@ def _load_entry_point(name: str) -> Any:
     found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-        raise PluginError(f"no judge named {name!r} in the {ENTRY_POINT_GROUP!r} entry-point group "
-                          f"(installed: {', '.join(known) or 'none'}); is its package installed?")
+        raise PluginError(
+            f"no judge named {name!r} in the {ENTRY_POINT_GROUP!r} entry-point group "
+            f"(installed: {', '.join(known) or 'none'}); is its package installed?"
+        )
     try:
         return found[0].load()
     except Exception as e:  # noqa: BLE001
@@ -127,6 +139,8 @@ def build_plugin(cfg: PythonJudgeConfig):
     if cfg.name is not None:
         judge.name = cfg.name
     if not isinstance(getattr(judge, "name", None), str):
-        raise PluginError(f"{cfg.source} does not satisfy the Judge protocol: instances need a `name` "
-                          "attribute (str, recorded on every judgment); set one or give `name` in the config")
+        raise PluginError(
+            f"{cfg.source} does not satisfy the Judge protocol: instances need a `name` "
+            "attribute (str, recorded on every judgment); set one or give `name` in the config"
+        )
     return judge

@@ -66,18 +66,20 @@ JUDGMENT_SCHEMA: dict[str, Any] = {
 }
 
 
-
 def bounded_schema(max_chars: int, score_range: tuple[float, float]) -> dict:
     """JUDGMENT_SCHEMA with lengths and the score scale bounded, for decoding constrained token
     by token on a local model: a small model that repeats itself inside the critique is made
     to close it and go on to the verdict, instead of filling its token budget."""
     text = {"type": "string", "maxLength": max_chars}
-    return {**JUDGMENT_SCHEMA, "properties": {
-        "critique": text,
-        "quotes": {"type": "array", "items": text, "maxItems": 4},
-        "verdict": JUDGMENT_SCHEMA["properties"]["verdict"],
-        "score": {"type": "integer", "minimum": math.ceil(score_range[0]), "maximum": math.floor(score_range[1])},
-    }}
+    return {
+        **JUDGMENT_SCHEMA,
+        "properties": {
+            "critique": text,
+            "quotes": {"type": "array", "items": text, "maxItems": 4},
+            "verdict": JUDGMENT_SCHEMA["properties"]["verdict"],
+            "score": {"type": "integer", "minimum": math.ceil(score_range[0]), "maximum": math.floor(score_range[1])},
+        },
+    }
 
 
 _POSITIVE = {"satisfactory", "positive", "pass", "passed", "good", "acceptable", "yes", "true", "perfect"}
@@ -171,8 +173,16 @@ class Parsed:
     def judgment(self, sample: Sample, judge: str, latency_s: float) -> Judgment:
         """The record, with the quotes of a negative located in the response as spans."""
         spans, unlocated = locate_quotes(sample.response, self.quotes) if self.verdict == "negative" else ([], 0)
-        return Judgment(sample_id=sample.id, verdict=self.verdict, score=self.score, critique=self.critique,
-                        judge=judge, latency_s=latency_s, spans=spans or None, unlocated_quotes=unlocated)
+        return Judgment(
+            sample_id=sample.id,
+            verdict=self.verdict,
+            score=self.score,
+            critique=self.critique,
+            judge=judge,
+            latency_s=latency_s,
+            spans=spans or None,
+            unlocated_quotes=unlocated,
+        )
 
 
 def locate_quotes(response: str, quotes: tuple[str, ...]) -> tuple[list[Span], int]:
@@ -235,8 +245,10 @@ def parse_judgment(text: str, score_range: tuple[float, float] = (1, 10)) -> Par
     if not isinstance(quotes, list) or not all(isinstance(q, str) for q in quotes):
         raise Unparseable(f"quotes is not a list of text: {_snippet(json.dumps(obj))}")
     if score is not None and ((verdict == "positive" and score < 1 / 3) or (verdict == "negative" and score > 2 / 3)):
-        raise Unparseable(f"self-contradicting judgment: verdict {obj.get('verdict')!r} with score "
-                          f"{obj.get('score')} on {score_range[0]:g}-{score_range[1]:g}")
+        raise Unparseable(
+            f"self-contradicting judgment: verdict {obj.get('verdict')!r} with score "
+            f"{obj.get('score')} on {score_range[0]:g}-{score_range[1]:g}"
+        )
     return Parsed(verdict, score, critique, tuple(quotes))
 
 

@@ -61,9 +61,14 @@ class RewardModelJudge(LocalModelJudge[RewardModelJudgeConfig]):
     def scores(self, texts: list[str]) -> list[float]:
         import torch
 
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
-                             add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
-                             return_tensors="pt").to(self.device)
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length,
+            add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
+            return_tensors="pt",
+        ).to(self.device)
         with torch.no_grad():
             logits = self.model(**enc).logits.float()  # (B, num_labels)
         if self.config.positive_label is None:
@@ -78,8 +83,12 @@ class RewardModelJudge(LocalModelJudge[RewardModelJudgeConfig]):
 
     def judgment(self, sample: Sample, score: float, latency: float) -> Judgment:
         if not math.isfinite(score):
-            return Judgment(sample_id=sample.id, judge=self.name, latency_s=latency,
-                            error=f"the reward model gave a non-finite score ({score})")
+            return Judgment(
+                sample_id=sample.id,
+                judge=self.name,
+                latency_s=latency,
+                error=f"the reward model gave a non-finite score ({score})",
+            )
         verdict = "positive" if score >= self.config.threshold else "negative"
         return Judgment(sample_id=sample.id, verdict=verdict, score=score, judge=self.name, latency_s=latency)
 

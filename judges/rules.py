@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Sequence, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -89,8 +90,10 @@ class MaxSentences(Check):
         n = len(_SENTENCE_END.findall(text)) + (0 if not text or text[-1] in ".!?" else 1)
         if n > self.limit:
             cut = sentence_ends(sample.response)[self.limit - 1]
-            return Fault(f"The response has {n} sentences; the limit is {self.limit}.",
-                         tail(sample.response, cut, f"past the {self.limit}-sentence limit"))
+            return Fault(
+                f"The response has {n} sentences; the limit is {self.limit}.",
+                tail(sample.response, cut, f"past the {self.limit}-sentence limit"),
+            )
         return None
 
 
@@ -111,8 +114,10 @@ class BannedPhrases(Check):
         if found:
             noun = "word" if self.whole_words else "phrase"
             quoted = ", ".join(f'"{p}"' for p in found)
-            return Fault(f"The response uses the banned {noun}{'s' if len(found) > 1 else ''} {quoted}.",
-                         tuple(merged_spans(spans)))
+            return Fault(
+                f"The response uses the banned {noun}{'s' if len(found) > 1 else ''} {quoted}.",
+                tuple(merged_spans(spans)),
+            )
         return None
 
 
@@ -141,8 +146,10 @@ class Finished(Check):
             # The fault is the ending that never came: the unfinished last sentence.
             text = sample.response
             ends = [e for e in sentence_ends(text) if text[e:].strip()]
-            return Fault("The response is cut off mid-way instead of coming to an end.",
-                         tail(text, ends[-1] if ends else 0, "cut off"))
+            return Fault(
+                "The response is cut off mid-way instead of coming to an end.",
+                tail(text, ends[-1] if ends else 0, "cut off"),
+            )
         return None
 
 
@@ -152,8 +159,10 @@ class NoLists(Check):
     def __call__(self, prompt, sample):
         lines = [m for m in re.finditer(r"^.*$", sample.response, re.MULTILINE) if _LIST_LINE.match(m.group())]
         if lines:
-            return Fault("The response uses a bulleted or numbered list instead of plain prose.",
-                         tuple(Span(start=m.start(), end=m.end(), reason="list line") for m in lines))
+            return Fault(
+                "The response uses a bulleted or numbered list instead of plain prose.",
+                tuple(Span(start=m.start(), end=m.end(), reason="list line") for m in lines),
+            )
         return None
 
 
@@ -194,8 +203,10 @@ class MaxChars(Check):
     def __call__(self, prompt, sample):
         n = len(sample.response)
         if n > self.limit:
-            return Fault(f"The response has {n} characters; the limit is {self.limit}.",
-                         tail(sample.response, self.limit, f"past the {self.limit}-character limit"))
+            return Fault(
+                f"The response has {n} characters; the limit is {self.limit}.",
+                tail(sample.response, self.limit, f"past the {self.limit}-character limit"),
+            )
         return None
 
 
@@ -235,8 +246,10 @@ class EndsWith(Check):
         if not text.rstrip().endswith(self.suffix):
             # It stopped where the suffix should have come: the end-of-turn token (an empty span
             # at the end of the text).
-            return Fault(f'The response must end with "{self.suffix}".',
-                         (Span(start=len(text), end=len(text), reason="missing ending"),))
+            return Fault(
+                f'The response must end with "{self.suffix}".',
+                (Span(start=len(text), end=len(text), reason="missing ending"),),
+            )
         return None
 
 
@@ -254,8 +267,19 @@ class ValidJson(Check):
 
 
 CheckConfig = Annotated[
-    Union[MaxWords, MinWords, MaxSentences, BannedPhrases, RequiredKeywords, Finished, NoLists,
-          Regex, MaxChars, MinChars, StartsWith, EndsWith, ValidJson],
+    MaxWords
+    | MinWords
+    | MaxSentences
+    | BannedPhrases
+    | RequiredKeywords
+    | Finished
+    | NoLists
+    | Regex
+    | MaxChars
+    | MinChars
+    | StartsWith
+    | EndsWith
+    | ValidJson,
     Field(discriminator="type"),
 ]
 

@@ -22,8 +22,17 @@ from alignloop.loop.series import RoundResult
 from alignloop.loop.store import RunState, RunStore
 from alignloop.records import Judgment, Prompt, Sample
 
-__all__ = ["load_config", "validate_config", "run", "run_round", "read_run", "RunRecords", "RunConfig",
-           "RoundResult", "ConfigError"]
+__all__ = [
+    "load_config",
+    "validate_config",
+    "run",
+    "run_round",
+    "read_run",
+    "RunRecords",
+    "RunConfig",
+    "RoundResult",
+    "ConfigError",
+]
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:

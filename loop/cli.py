@@ -15,13 +15,21 @@ from alignloop.loop.exits import Exit
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alignloop", description="Online alignment rounds: sample, judge, learn, broadcast.")
+    parser = argparse.ArgumentParser(
+        prog="alignloop", description="Online alignment rounds: sample, judge, learn, broadcast."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) an online alignment run")
     run.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a field, e.g. --set learner.lr=1e-4 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set learner.lr=1e-4 (repeatable)",
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in its run directory")
     run.add_argument("--overwrite", action="store_true", help="delete the run directory's contents and start over")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -34,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rnd = sub.add_parser("round", help="run one nightly round of a series: new prompts, gate, promote")
     rnd.add_argument("config", help="YAML config with a `round:` section, e.g. configs/nightly.yaml")
-    rnd.add_argument("--round", dest="round_id", default=None,
-                     help="round id (default: today's UTC date, e.g. 2026-12-01); rerunning an id resumes or reports it")
+    rnd.add_argument(
+        "--round",
+        dest="round_id",
+        default=None,
+        help="round id (default: today's UTC date, e.g. 2026-12-01); rerunning an id resumes or reports it",
+    )
     rnd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    rnd.add_argument("--fresh-optimizer", action="store_true", help="start the optimizer afresh (round.fresh_optimizer)")
+    rnd.add_argument(
+        "--fresh-optimizer", action="store_true", help="start the optimizer afresh (round.fresh_optimizer)"
+    )
     rnd.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end (for schedulers)")
 
     report = sub.add_parser("report", help="an HTML page with plots of a run directory or a series")
@@ -82,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
-    from alignloop.loop.roles.protocols import ActorLost
-    from alignloop.loop.steps import JudgeErrorRate
     from alignloop.loop.data import DataError
     from alignloop.loop.lock import Locked
+    from alignloop.loop.roles.protocols import ActorLost
+    from alignloop.loop.steps import JudgeErrorRate
     from alignloop.policies.model import ModelNotFound
 
     try:
@@ -137,10 +151,17 @@ def train_offline(cfg, data: str, out: str | None) -> int:
 
 
 COLUMNS = [
-    ("iter", "iteration", "d"), ("pass", "pass_rate", ".3f"), ("score", "mean_score", ".3f"),
-    ("loss", "loss", ".3f"), ("train", "n_train", "d"), ("errors", "n_judge_errors", "d"),
-    ("tokens", "tokens_sampled", "d"), ("sample_s", "sample_s", ".1f"), ("judge_s", "judge_s", ".1f"),
-    ("learn_s", "learn_s", ".1f"), ("adapter", "adapter_version", "d"),
+    ("iter", "iteration", "d"),
+    ("pass", "pass_rate", ".3f"),
+    ("score", "mean_score", ".3f"),
+    ("loss", "loss", ".3f"),
+    ("train", "n_train", "d"),
+    ("errors", "n_judge_errors", "d"),
+    ("tokens", "tokens_sampled", "d"),
+    ("sample_s", "sample_s", ".1f"),
+    ("judge_s", "judge_s", ".1f"),
+    ("learn_s", "learn_s", ".1f"),
+    ("adapter", "adapter_version", "d"),
 ]
 
 
@@ -155,8 +176,10 @@ def show_status(run_dir: Path) -> int:
         print(f"alignloop: {run_dir} is not a run directory (no state.json)", file=sys.stderr)
         return Exit.CONFIG
     rows = store.read_metrics()
-    print(f"{run_dir}: last finished step: iteration {state.iteration} {state.step}; "
-          f"adapter v{state.adapter_version}; {len(rows)} iteration(s) complete")
+    print(
+        f"{run_dir}: last finished step: iteration {state.iteration} {state.step}; "
+        f"adapter v{state.adapter_version}; {len(rows)} iteration(s) complete"
+    )
     print(format_table(rows))
     return Exit.OK
 
@@ -172,9 +195,15 @@ def format_table(rows: list[dict], columns=COLUMNS) -> str:
 
 
 SERIES_COLUMNS = [
-    ("round", "id", "s"), ("status", "status", "s"), ("prompts", "n_prompts", "d"), ("iters", "iterations", "d"),
-    ("train_pass", "train_pass", ".3f"), ("eval_before", "before", ".3f"), ("eval_after", "after", ".3f"),
-    ("promoted", "promoted", "s"), ("adapter", "adapter_version", "d"),
+    ("round", "id", "s"),
+    ("status", "status", "s"),
+    ("prompts", "n_prompts", "d"),
+    ("iters", "iterations", "d"),
+    ("train_pass", "train_pass", ".3f"),
+    ("eval_before", "before", ".3f"),
+    ("eval_after", "after", ".3f"),
+    ("promoted", "promoted", "s"),
+    ("adapter", "adapter_version", "d"),
 ]
 
 
@@ -187,14 +216,26 @@ def show_series(root: Path) -> int:
     except ConfigError as e:
         print(f"alignloop: {e}", file=sys.stderr)
         return Exit.CONFIG
-    rows = [{
-        "id": r.id, "status": r.status, "n_prompts": r.n_prompts, "iterations": r.iterations,
-        "train_pass": r.train.get("pass_rate"), "before": (r.eval_before or {}).get("pass_rate"),
-        "after": (r.eval_after or {}).get("pass_rate"), "adapter_version": r.adapter_version,
-        "promoted": {"promoted": "yes", "rejected": "no"}.get(r.status, "-"),
-    } for r in rounds]
+    rows = [
+        {
+            "id": r.id,
+            "status": r.status,
+            "n_prompts": r.n_prompts,
+            "iterations": r.iterations,
+            "train_pass": r.train.get("pass_rate"),
+            "before": (r.eval_before or {}).get("pass_rate"),
+            "after": (r.eval_after or {}).get("pass_rate"),
+            "adapter_version": r.adapter_version,
+            "promoted": {"promoted": "yes", "rejected": "no"}.get(r.status, "-"),
+        }
+        for r in rounds
+    ]
     promoted = series.promoted()
-    now = f"current: {series.current} -> v{promoted.adapter_version} of round {promoted.id}" if promoted else "current: none promoted yet"
+    now = (
+        f"current: {series.current} -> v{promoted.adapter_version} of round {promoted.id}"
+        if promoted
+        else "current: none promoted yet"
+    )
     print(f"{root}: series of {len(rounds)} round(s); {now}")
     print(format_table(rows, SERIES_COLUMNS))
     return Exit.OK

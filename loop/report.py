@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +57,29 @@ def run_sections(root: Path, prefix: str = "") -> tuple[str, list[Plot], str]:
         raise ConfigError(f"{root}: no finished iteration yet (metrics.jsonl is empty); nothing to report")
     it = [m["iteration"] for m in rows]
     plots = [
-        line_plot(f"{prefix}pass", "Pass rate and mean score", it, {k: col(rows, k) for k in ("pass_rate", "mean_score")}, "iteration"),
+        line_plot(
+            f"{prefix}pass",
+            "Pass rate and mean score",
+            it,
+            {k: col(rows, k) for k in ("pass_rate", "mean_score")},
+            "iteration",
+        ),
         line_plot(f"{prefix}loss", "Loss parts", it, {k: col(rows, k) for k in loss_keys(rows)}, "iteration"),
-        line_plot(f"{prefix}kl", "KL to the reference and sampling entropy", it,
-                  {k: col(rows, k) for k in ("kl_ref", "entropy")}, "iteration"),
+        line_plot(
+            f"{prefix}kl",
+            "KL to the reference and sampling entropy",
+            it,
+            {k: col(rows, k) for k in ("kl_ref", "entropy")},
+            "iteration",
+        ),
         length_plot(f"{prefix}lengths", store, it),
-        line_plot(f"{prefix}judge", "Judge error rate and cost (USD)", it,
-                  {k: col(rows, k) for k in ("judge_error_rate", "judge_cost_usd")}, "iteration"),
+        line_plot(
+            f"{prefix}judge",
+            "Judge error rate and cost (USD)",
+            it,
+            {k: col(rows, k) for k in ("judge_error_rate", "judge_cost_usd")},
+            "iteration",
+        ),
         phase_plot(f"{prefix}phases", it, rows),
     ]
     body = examples_section(store, it[-1])
@@ -78,22 +93,48 @@ def series_sections(root: Path) -> tuple[str, list[Plot], str]:
     if not rounds:
         raise ConfigError(f"{root}: no finished round yet; nothing to report")
     ids = list(range(1, len(rounds) + 1))
-    series_plot = line_plot("rounds", "Pass rate per round (train: last iteration; eval: held-out, before and after)", ids, {
-        "train": [r.train.get("pass_rate") for r in rounds],
-        "eval before": [(r.eval_before or {}).get("pass_rate") for r in rounds],
-        "eval after": [(r.eval_after or {}).get("pass_rate") for r in rounds],
-    }, "round", labels=[r.id for r in rounds])
-    table = "<table><tr><th>round</th><th>status</th><th>prompts</th><th>train pass</th><th>eval before</th>" \
-            "<th>eval after</th><th>adapter</th><th>verdict</th></tr>"
+    series_plot = line_plot(
+        "rounds",
+        "Pass rate per round (train: last iteration; eval: held-out, before and after)",
+        ids,
+        {
+            "train": [r.train.get("pass_rate") for r in rounds],
+            "eval before": [(r.eval_before or {}).get("pass_rate") for r in rounds],
+            "eval after": [(r.eval_after or {}).get("pass_rate") for r in rounds],
+        },
+        "round",
+        labels=[r.id for r in rounds],
+    )
+    table = (
+        "<table><tr><th>round</th><th>status</th><th>prompts</th><th>train pass</th><th>eval before</th>"
+        "<th>eval after</th><th>adapter</th><th>verdict</th></tr>"
+    )
     for r in rounds:
-        table += "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r.id, r.status, r.n_prompts, fmt(r.train.get("pass_rate")), fmt((r.eval_before or {}).get("pass_rate")),
-            fmt((r.eval_after or {}).get("pass_rate")), f"v{r.adapter_version}", r.verdict)) + "</tr>"
+        table += (
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    r.id,
+                    r.status,
+                    r.n_prompts,
+                    fmt(r.train.get("pass_rate")),
+                    fmt((r.eval_before or {}).get("pass_rate")),
+                    fmt((r.eval_after or {}).get("pass_rate")),
+                    f"v{r.adapter_version}",
+                    r.verdict,
+                )
+            )
+            + "</tr>"
+        )
     table += "</table>"
     last = rounds[-1]
     _, plots, body = run_sections(root / "rounds" / last.id, prefix="last-")
-    return (f"alignloop series: {root.name}", [series_plot, *plots],
-            f"<h2>Rounds</h2>{table}<h2>Latest round: {html.escape(last.id)}</h2>{body}")
+    return (
+        f"alignloop series: {root.name}",
+        [series_plot, *plots],
+        f"<h2>Rounds</h2>{table}<h2>Latest round: {html.escape(last.id)}</h2>{body}",
+    )
 
 
 def examples_section(store: RunStore, i: int) -> str:
@@ -113,12 +154,16 @@ def examples_section(store: RunStore, i: int) -> str:
     def cards(pairs):
         out = ""
         for s, j in pairs:
-            out += (f"<div class=card><p class=q>{html.escape(by_prompt[s.prompt_id].instruction)}</p>"
-                    f"<pre>{html.escape(s.response)}</pre><p><b>{j.verdict or '-'}</b> · score {fmt(j.score)}"
-                    f"{' · ' + html.escape(j.critique) if j.critique else ''}</p></div>")
+            out += (
+                f"<div class=card><p class=q>{html.escape(by_prompt[s.prompt_id].instruction)}</p>"
+                f"<pre>{html.escape(s.response)}</pre><p><b>{j.verdict or '-'}</b> · score {fmt(j.score)}"
+                f"{' · ' + html.escape(j.critique) if j.critique else ''}</p></div>"
+            )
         return out or "<p>no judged responses</p>"
 
-    return f"<h2>Best responses of iteration {i}</h2>{cards(best)}<h2>Worst responses of iteration {i}</h2>{cards(worst)}"
+    return (
+        f"<h2>Best responses of iteration {i}</h2>{cards(best)}<h2>Worst responses of iteration {i}</h2>{cards(worst)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,10 +252,14 @@ document.body.dataset.plots=imgs.length;});"""
 def page(title: str, plots: list[Plot], body: str) -> str:
     figures = "".join(
         f"<figure><img alt='{html.escape(p.title)}' src='data:image/png;base64,{base64.b64encode(p.png).decode()}'>"
-        "</figure>" for p in plots)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"<div class=plots>{figures}</div>{body}</body></html>")
+        "</figure>"
+        for p in plots
+    )
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+        f"<div class=plots>{figures}</div>{body}</body></html>"
+    )
 
 
 def col(rows: list[dict], key: str) -> list:

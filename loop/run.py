@@ -4,8 +4,8 @@ anything is written, lock the directory, start the roles, and hand them to a sch
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from alignloop.loop.config import RunConfig
 from alignloop.loop.data import load_data
@@ -86,8 +86,11 @@ def convert_embedded_once(path: str) -> None:
     rather than silently inside the first actor that needs it."""
     if not needs_conversion(path):
         return
-    print(f"converting the embedded model {path!r} from GGUF, once, into {cache_dir()} "
-          "(about 30 s on a 2-core CPU; later runs reuse it)", flush=True)
+    print(
+        f"converting the embedded model {path!r} from GGUF, once, into {cache_dir()} "
+        "(about 30 s on a 2-core CPU; later runs reuse it)",
+        flush=True,
+    )
     start = time.perf_counter()
     ensure_embedded(path)
     print(f"converted in {time.perf_counter() - start:.0f} s", flush=True)

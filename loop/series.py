@@ -23,14 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignloop.loop.config import ConfigError, RunConfig
-from alignloop.loop.exits import Exit
 from alignloop.loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
+from alignloop.loop.exits import Exit
 from alignloop.loop.lock import DirLock
 from alignloop.loop.metrics import judgment_metrics
 from alignloop.loop.preflight import preflight_run
 from alignloop.loop.progress import eval_line
 from alignloop.loop.store import (
-    RunState, RunStore, atomic_write_dir, atomic_write_text, mark_run_dir, prepare_run_dir, write_jsonl,
+    RunState,
+    RunStore,
+    atomic_write_dir,
+    atomic_write_text,
+    mark_run_dir,
+    prepare_run_dir,
+    write_jsonl,
 )
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.records import Prompt
@@ -80,7 +86,9 @@ class Series:
             data = json.loads(self.path.read_text())
             return [RoundEntry(**r) for r in data["rounds"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{self.path}: damaged series file ({e}); restore it from a backup or move the series away") from None
+            raise ConfigError(
+                f"{self.path}: damaged series file ({e}); restore it from a backup or move the series away"
+            ) from None
 
     def save(self, rounds: list[RoundEntry]) -> None:
         atomic_write_text(self.path, json.dumps({"rounds": [asdict(r) for r in rounds]}, indent=2) + "\n")
@@ -149,11 +157,24 @@ class RoundResult:
 
     def summary(self) -> dict:
         e = self.entry
-        return {"code": self.code, "message": self.message, **({
-            "round": e.id, "status": e.status, "n_prompts": e.n_prompts, "iterations": e.iterations,
-            "eval_before": e.eval_before, "eval_after": e.eval_after, "adapter_version": e.adapter_version,
-            "adapter_sha256": e.adapter_sha256,
-        } if e else {})}
+        return {
+            "code": self.code,
+            "message": self.message,
+            **(
+                {
+                    "round": e.id,
+                    "status": e.status,
+                    "n_prompts": e.n_prompts,
+                    "iterations": e.iterations,
+                    "eval_before": e.eval_before,
+                    "eval_after": e.eval_after,
+                    "adapter_version": e.adapter_version,
+                    "adapter_sha256": e.adapter_sha256,
+                }
+                if e
+                else {}
+            ),
+        }
 
 
 def check_round_id(round_id: str) -> None:
@@ -161,8 +182,10 @@ def check_round_id(round_id: str) -> None:
     id (`..`, `a/b`) puts the round's run directory anywhere else, the series itself included."""
     plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in round_id)
     if not round_id or round_id.startswith(".") or not plain:
-        raise ConfigError(f"--round {round_id!r}: a round id names the directory rounds/<id>; use only letters, "
-                          "digits, '.', '_' and '-', not starting with '.' (e.g. 2026-12-01)")
+        raise ConfigError(
+            f"--round {round_id!r}: a round id names the directory rounds/<id>; use only letters, "
+            "digits, '.', '_' and '-', not starting with '.' (e.g. 2026-12-01)"
+        )
 
 
 def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
@@ -178,8 +201,11 @@ def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
         prompts = draw(series, cfg, round_id)
         if not prompts:
             where = cfg.data.path.replace("{round}", round_id)
-            return RoundResult(NO_NEW_PROMPTS, f"round {round_id}: no new prompts in {where} (no such file, or every "
-                                               "prompt there was drawn by an earlier round); nothing to do")
+            return RoundResult(
+                NO_NEW_PROMPTS,
+                f"round {round_id}: no new prompts in {where} (no such file, or every "
+                "prompt there was drawn by an earlier round); nothing to do",
+            )
         preflight_run(round_config(cfg, series.round_dir(round_id), len(prompts)))  # before the draw is recorded
         entry = done or begin_round(series, cfg, round_id, prompts)
         return Round(series, cfg, entry).run()
@@ -212,7 +238,11 @@ def begin_round(series: Series, cfg: RunConfig, round_id: str, prompts: list[Pro
     promoted = series.promoted()
     base = series.iterations_done()
     entry = RoundEntry(
-        id=round_id, started=_now(), n_prompts=len(prompts), iterations=cfg.iterations, base=base,
+        id=round_id,
+        started=_now(),
+        n_prompts=len(prompts),
+        iterations=cfg.iterations,
+        base=base,
         start_version=promoted_version(promoted) if promoted else 0,
         start_checksum=promoted.adapter_sha256 if promoted else None,
     )
@@ -241,9 +271,13 @@ class Round:
             adapter = steps.restore()
             # The gate's own judge (if any) runs beside the run's, in judge workers of its own.
             judges = steps.roles.judges_for(gate.judge) if gate and gate.judge is not None else steps.roles.judges
-            before = self.evaluate(steps.roles.samplers, judges, "eval-before", self.entry.start_checksum) if gate else None
+            before = (
+                self.evaluate(steps.roles.samplers, judges, "eval-before", self.entry.start_checksum) if gate else None
+            )
             adapter = iterate(steps, adapter)
-            after = self.evaluate(steps.roles.samplers, judges, "eval-after", adapter.payload.checksum) if gate else None
+            after = (
+                self.evaluate(steps.roles.samplers, judges, "eval-after", adapter.payload.checksum) if gate else None
+            )
         return self.finish(adapter.payload, store.read_metrics(), before, after)
 
     def initial_state(self) -> RunState:
@@ -255,8 +289,11 @@ class Round:
             assert promoted.adapter_dir is not None  # finish() records it before it promotes
             origin = str((self.series.root / promoted.adapter_dir).resolve().parent)
         return RunState(
-            adapter_version=self.entry.start_version, adapter_checksum=self.entry.start_checksum,
-            base=self.entry.base, origin=origin, origin_optimizer=not self.cfg.round.fresh_optimizer,
+            adapter_version=self.entry.start_version,
+            adapter_checksum=self.entry.start_checksum,
+            base=self.entry.base,
+            origin=origin,
+            origin_optimizer=not self.cfg.round.fresh_optimizer,
         )
 
     def evaluate(self, samplers, judges, name: str, checksum: str | None) -> dict:
@@ -275,12 +312,21 @@ class Round:
             prompts = load_prompts(gate.path)
             samples, sample_s = sample_prompts(samplers, self.cfg, prompts, EVAL_STEP, gate.samples_per_prompt)
             judgments, extra = judge_samples(judges, self.cfg, prompts, samples)
-            metrics = merge_metrics(judgment_metrics(judgments), {"n_prompts": len(prompts), "n_samples": len(samples),
-                                    "adapter_checksum": checksum, "sample_s": sample_s}, extra)
+            metrics = merge_metrics(
+                judgment_metrics(judgments),
+                {
+                    "n_prompts": len(prompts),
+                    "n_samples": len(samples),
+                    "adapter_checksum": checksum,
+                    "sample_s": sample_s,
+                },
+                extra,
+            )
             records = {"samples.jsonl": _jsonl(samples), "judgments.jsonl": _jsonl(judgments)}
             try:
-                check_error_budget(self.cfg, judgments, f"round {self.entry.id}: {name}", out,
-                                   "fix the judge and rerun the round")
+                check_error_budget(
+                    self.cfg, judgments, f"round {self.entry.id}: {name}", out, "fix the judge and rerun the round"
+                )
             except Exception:
                 atomic_write_dir(out, records)  # kept for inspection, without metrics.json: a rerun evaluates again
                 raise
@@ -290,8 +336,9 @@ class Round:
         print(eval_line(name, result, source), flush=True)
         return result
 
-    def finish(self, payload: AdapterPayload, metrics: list[dict], before: dict | None,
-               after: dict | None) -> RoundResult:
+    def finish(
+        self, payload: AdapterPayload, metrics: list[dict], before: dict | None, after: dict | None
+    ) -> RoundResult:
         e = self.entry
         last = metrics[-1] if metrics else {}
         e.train = {k: last.get(k) for k in ("pass_rate", "mean_score", "loss", "n_train")}
@@ -330,10 +377,14 @@ def gate_verdict(cfg: RunConfig, before: dict | None, after: dict | None) -> tup
 
 def round_config(cfg: RunConfig, round_dir: Path, n_prompts: int) -> RunConfig:
     """The round as an ordinary run: its own directory, its drawn prompts as the data."""
-    data = cfg.data.model_copy(update={
-        "path": str(round_dir / "prompts.jsonl"), "columns": {}, "split": "train",  # the snapshot is in our schema
-        "prompts_per_iteration": min(cfg.data.prompts_per_iteration, n_prompts),
-    })
+    data = cfg.data.model_copy(
+        update={
+            "path": str(round_dir / "prompts.jsonl"),
+            "columns": {},
+            "split": "train",  # the snapshot is in our schema
+            "prompts_per_iteration": min(cfg.data.prompts_per_iteration, n_prompts),
+        }
+    )
     # One tracking directory for the whole series: its curves run on across rounds.
     tracking = cfg.tracking.model_copy(update={"dir": cfg.tracking.dir or str(round_dir.parent.parent / "tracking")})
     return cfg.model_copy(update={"run_dir": str(round_dir), "data": data, "tracking": tracking})
@@ -346,8 +397,10 @@ def eval_key(cfg: RunConfig, checksum: str | None) -> str:
     assert gate is not None  # only an eval gate has a key
     prompts = sorted(content_hash(p) for p in load_prompts(gate.path))
     setup = {
-        "adapter": checksum or f"base:{cfg.model.path}:{cfg.model.adapter}", "prompts": prompts,
-        "eval": gate.model_dump(mode="json", exclude={"judge"}), "judge": (gate.judge or cfg.judge).model_dump(mode="json"),
+        "adapter": checksum or f"base:{cfg.model.path}:{cfg.model.adapter}",
+        "prompts": prompts,
+        "eval": gate.model_dump(mode="json", exclude={"judge"}),
+        "judge": (gate.judge or cfg.judge).model_dump(mode="json"),
         "sampler": cfg.sampler.model_dump(mode="json", include={"temperature", "top_p", "max_new_tokens"}),
         "seed": cfg.seed,
     }

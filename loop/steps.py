@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 from alignloop.loop.config import RunConfig
 from alignloop.loop.cursor import AheadStep, Metrics, Step
@@ -55,16 +56,18 @@ class Steps:
     sample and judge steps that finished beyond the learner's iteration; otherwise it holds the
     current iteration's metrics so far."""
 
-    def __init__(self, cfg: RunConfig, store: RunStore, roles: Roles, prompts: list[Prompt],
-                 tracking: Tracking | None = None):
+    def __init__(
+        self, cfg: RunConfig, store: RunStore, roles: Roles, prompts: list[Prompt], tracking: Tracking | None = None
+    ):
         self.cfg, self.store, self.roles, self.prompts, self.tracking = cfg, store, roles, prompts, tracking
         self.state = store.load_state() or RunState()
         self.ahead = bool(cfg.asynchronous.max_staleness)
         cursor = self.state.cursor
         if self.ahead and cursor.ahead is None:
             cursor.ahead = {}
-        self.stream = PromptStream(len(prompts), cfg.data.prompts_per_iteration, cfg.seed, cfg.data.shuffle,
-                                   cursor.stream)
+        self.stream = PromptStream(
+            len(prompts), cfg.data.prompts_per_iteration, cfg.seed, cfg.data.shuffle, cursor.stream
+        )
         self.lock = threading.Lock()  # sampling ahead, steps finish on two threads
         self.clock = time.perf_counter()
 
@@ -77,8 +80,9 @@ class Steps:
             self.roles.learner.restore(*start, self.state.adapter_version)
         adapter = self.roles.learner.export()
         if start is not None and adapter.payload.checksum != self.state.adapter_checksum:
-            raise AdapterMismatch(f"restored adapter v{self.state.adapter_version} does not match the checksum in "
-                                  f"{self.store.state_path}")
+            raise AdapterMismatch(
+                f"restored adapter v{self.state.adapter_version} does not match the checksum in {self.store.state_path}"
+            )
         self.roles.samplers.publish(adapter)
         return adapter
 
@@ -121,13 +125,15 @@ class Steps:
             self.store.save_samples(i, prompts, samples)
             self.save(i, "sample", sampled)
 
-        samples, judgments, extra = stream_prompts(self.roles.samplers, self.roles.judges, self.cfg, prompts,
-                                                   self.state.base + i, on_sampled)
+        samples, judgments, extra = stream_prompts(
+            self.roles.samplers, self.roles.judges, self.cfg, prompts, self.state.base + i, on_sampled
+        )
         metrics = merge_metrics(sampled, extra, judgment_metrics(judgments))
         return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
 
-    def judge(self, i: int, prompts: list[Prompt], samples: list[Sample], metrics: Metrics,
-              retry_failed: bool = False) -> Judged:
+    def judge(
+        self, i: int, prompts: list[Prompt], samples: list[Sample], metrics: Metrics, retry_failed: bool = False
+    ) -> Judged:
         """Judge, save the judgments, and only then check the error budget: a run stopped
         here has not finished the step, so --resume comes back to it, keeps the successful
         judgments of the saved attempt and judges again only the failed ones."""
@@ -187,8 +193,11 @@ class Steps:
         """Iteration i is done: its metrics, then the state that says so."""
         now = time.perf_counter()
         payload = adapter.payload
-        metrics = merge_metrics({"iteration": i}, *parts, {"adapter_version": payload.version,
-                                "adapter_checksum": payload.checksum, "iteration_s": now - self.clock})
+        metrics = merge_metrics(
+            {"iteration": i},
+            *parts,
+            {"adapter_version": payload.version, "adapter_checksum": payload.checksum, "iteration_s": now - self.clock},
+        )
         self.clock = now  # iteration_s: wall time since the previous record
         self.store.write_metrics(i, metrics)
         with self.lock:
@@ -206,8 +215,9 @@ class Steps:
 
     def log(self, i: int, judged: Judged) -> None:
         if self.tracking:
-            self.tracking.log_iteration(i, self.store.read_metrics()[-1], judged.prompts, judged.samples,
-                                        judged.judgments)
+            self.tracking.log_iteration(
+                i, self.store.read_metrics()[-1], judged.prompts, judged.samples, judged.judgments
+            )
 
 
 def check_error_budget(cfg: RunConfig, judgments: list[Judgment], what: str, where, remedy: str | None = None) -> None:
@@ -215,7 +225,10 @@ def check_error_budget(cfg: RunConfig, judgments: list[Judgment], what: str, whe
     errors = [j for j in judgments if j.error]
     rate = len(errors) / max(1, len(judgments))
     if rate > cfg.judging.max_error_rate:
-        remedy = remedy or f"fix the judge and rerun with --resume, which judges again only the {len(errors)} failed sample(s)"
+        remedy = (
+            remedy
+            or f"fix the judge and rerun with --resume, which judges again only the {len(errors)} failed sample(s)"
+        )
         raise JudgeErrorRate(
             f"{what}: {len(errors)}/{len(judgments)} judgments failed ({rate:.0%} > "
             f"judging.max_error_rate {cfg.judging.max_error_rate:.0%}); first error: {errors[0].error}. "
@@ -228,11 +241,12 @@ def sampler_chunks(cfg: RunConfig, prompts: list[Prompt], step: int, n: int | No
     """The sampler calls for `prompts`: each chunk is seeded by (seed, step, offset), so which
     replica samples it does not matter."""
     size = cfg.sampler.batch_size
-    return [SampleChunk(prompts[s: s + size], step, _seed(cfg.seed, step, s), n) for s in range(0, len(prompts), size)]
+    return [SampleChunk(prompts[s : s + size], step, _seed(cfg.seed, step, s), n) for s in range(0, len(prompts), size)]
 
 
-def sample_prompts(samplers: SamplerPool, cfg: RunConfig, prompts: list[Prompt], step: int,
-                   n: int | None = None) -> tuple[list[Sample], float]:
+def sample_prompts(
+    samplers: SamplerPool, cfg: RunConfig, prompts: list[Prompt], step: int, n: int | None = None
+) -> tuple[list[Sample], float]:
     """Every prompt's responses, in prompt order, chunked over the sampler replicas, and the
     seconds it took."""
     chunks = sampler_chunks(cfg, prompts, step, n)
@@ -245,12 +259,19 @@ def judge_chunks(cfg: RunConfig, prompts: list[Prompt], samples: list[Sample]) -
     """The judge calls for `samples`: runs of judging.chunk_size, in sample order."""
     by_id = {p.id: p for p in prompts}
     size = cfg.judging.chunk_size
-    return [JudgeChunk([by_id[s.prompt_id] for s in samples[c: c + size]], samples[c: c + size])
-            for c in range(0, len(samples), size)]
+    return [
+        JudgeChunk([by_id[s.prompt_id] for s in samples[c : c + size]], samples[c : c + size])
+        for c in range(0, len(samples), size)
+    ]
 
 
-def judge_samples(judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], samples: list[Sample],
-                  previous: list[Judgment] | None = None) -> tuple[list[Judgment], Metrics]:
+def judge_samples(
+    judges: JudgePool,
+    cfg: RunConfig,
+    prompts: list[Prompt],
+    samples: list[Sample],
+    previous: list[Judgment] | None = None,
+) -> tuple[list[Judgment], Metrics]:
     """One judgment per sample, in sample order, and the phase's metrics (time, usage). With
     `previous` (an earlier attempt), its successful judgments are kept and only the rest judged."""
     kept = {j.sample_id: j for j in previous or () if j.error is None}
@@ -264,8 +285,14 @@ def judge_samples(judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], samp
     return judgments, merge_metrics({"judge_s": bar.elapsed}, retried, usage)
 
 
-def stream_prompts(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], step: int,
-                   on_sampled: Callable[[list[Sample], float], None]) -> tuple[list[Sample], list[Judgment], Metrics]:
+def stream_prompts(
+    samplers: SamplerPool,
+    judges: JudgePool,
+    cfg: RunConfig,
+    prompts: list[Prompt],
+    step: int,
+    on_sampled: Callable[[list[Sample], float], None],
+) -> tuple[list[Sample], list[Judgment], Metrics]:
     """Sampling and judging overlapped: each judge chunk goes to the judges as soon as the
     sampler chunks holding its samples are done, while the rest is still being sampled. The
     judge chunks are the ones judging after sampling makes (the same samples in the same
@@ -274,8 +301,14 @@ def stream_prompts(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, pro
     return asyncio.run(_stream(samplers, judges, cfg, prompts, step, on_sampled))
 
 
-async def _stream(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, prompts: list[Prompt], step: int,
-                  on_sampled: Callable[[list[Sample], float], None]) -> tuple[list[Sample], list[Judgment], Metrics]:
+async def _stream(
+    samplers: SamplerPool,
+    judges: JudgePool,
+    cfg: RunConfig,
+    prompts: list[Prompt],
+    step: int,
+    on_sampled: Callable[[list[Sample], float], None],
+) -> tuple[list[Sample], list[Judgment], Metrics]:
     loop = asyncio.get_running_loop()
     chunks = sampler_chunks(cfg, prompts, step)
     per, size = cfg.sampler.samples_per_prompt, cfg.judging.chunk_size
@@ -293,16 +326,18 @@ async def _stream(samplers: SamplerPool, judges: JudgePool, cfg: RunConfig, prom
             missing[j] -= 1
             if missing[j] == 0:
                 judge_start[:] = judge_start or [time.perf_counter()]
-                ready = cast(list[Sample], slots[j * size: (j + 1) * size])  # none missing: all filled
+                ready = cast(list[Sample], slots[j * size : (j + 1) * size])  # none missing: all filled
                 queue.put_nowait((j, judge_chunks(cfg, prompts, ready)[0]))
 
     with phase("sampling", len(prompts), "prompt") as sample_bar, phase("judging", total, "sample") as judge_bar:
+
         def done(c: int, part: list[Sample]) -> None:  # on the sampling thread
             loop.call_soon_threadsafe(arrived, c, part)
             sample_bar.update(len(chunks[c].prompts))
 
-        judging = asyncio.ensure_future(judges.judge_queue(queue, len(missing), lambda j: judge_bar.update(
-            min(size, total - j * size))))
+        judging = asyncio.ensure_future(
+            judges.judge_queue(queue, len(missing), lambda j: judge_bar.update(min(size, total - j * size)))
+        )
         try:
             await loop.run_in_executor(None, samplers.generate, chunks, done)
         except BaseException:

@@ -22,9 +22,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel
@@ -116,11 +117,22 @@ class RunState:
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["data"] = out.pop("cursor").to_json()  # "data": the name state.json has always used
-        return {k: out[k] for k in ("iteration", "step", "adapter_version", "adapter_checksum", "data", "base",
-                                    "origin", "origin_optimizer")}
+        return {
+            k: out[k]
+            for k in (
+                "iteration",
+                "step",
+                "adapter_version",
+                "adapter_checksum",
+                "data",
+                "base",
+                "origin",
+                "origin_optimizer",
+            )
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunState":
+    def from_json(cls, data: dict) -> RunState:
         data = dict(data)
         cursor = data.pop("data", {})
         if not isinstance(cursor, dict):
@@ -185,9 +197,14 @@ class RunStore:
         if k == 0:
             d, version_of = self.start_adapter_dir, lambda: int((d / "version").read_text())
         else:
-            d, version_of = self.iter_dir(k) / "adapter", lambda: self._json(self.iter_dir(k) / "metrics.json")["adapter_version"]
+            d, version_of = (
+                self.iter_dir(k) / "adapter",
+                lambda: self._json(self.iter_dir(k) / "metrics.json")["adapter_version"],
+            )
         if not (d / WEIGHTS).exists():
-            raise self.damaged(d / WEIGHTS, "missing: sampling ahead (asynchronous.max_staleness), a later iteration samples from it")
+            raise self.damaged(
+                d / WEIGHTS, "missing: sampling ahead (asynchronous.max_staleness), a later iteration samples from it"
+            )
         return AdapterPayload.from_dir(d, version_of())
 
     def starting_point(self, state: RunState) -> tuple[AdapterPayload, bytes | None] | None:
@@ -262,10 +279,14 @@ class RunStore:
                     rows.append(json.loads(line))
                 except ValueError as e:
                     # Derived data: repaired from the per-iteration files, and said so.
-                    last = max((int(d.name[5:]) for d in self.root.glob("iter-[0-9]*") if d.name[5:].isdigit()), default=0)
+                    last = max(
+                        (int(d.name[5:]) for d in self.root.glob("iter-[0-9]*") if d.name[5:].isdigit()), default=0
+                    )
                     self.rebuild_metrics_jsonl(upto=last)
-                    print(f"alignloop: {p} was damaged (line {n}: {e}); rebuilt it from iter-*/metrics.json",
-                          file=sys.stderr)
+                    print(
+                        f"alignloop: {p} was damaged (line {n}: {e}); rebuilt it from iter-*/metrics.json",
+                        file=sys.stderr,
+                    )
                     return self.read_metrics()
         return rows
 
@@ -274,30 +295,43 @@ class RunStore:
         finished step, record counts that agree, and the adapter whose checksum it records.
         Damage is reported precisely; continuing from it would silently train on less."""
         last = state.last_learned()
-        need = {"sample": ["prompts.jsonl", "samples.jsonl"], "judge": ["judgments.jsonl"],
-                "learn": ["metrics.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]}
+        need = {
+            "sample": ["prompts.jsonl", "samples.jsonl"],
+            "judge": ["judgments.jsonl"],
+            "learn": ["metrics.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"],
+        }
         for i in range(1, state.iteration + 1):
             d = self.iter_dir(i)
             steps = STEPS if i < state.iteration else STEPS[: STEPS.index(state.step) + 1]
             for name in [f for step in steps for f in need[step]]:
                 if not (d / name).exists():
-                    raise self.damaged(d / name, f"missing, though state.json records iteration {i} {steps[-1]} as finished")
+                    raise self.damaged(
+                        d / name, f"missing, though state.json records iteration {i} {steps[-1]} as finished"
+                    )
             samples = _count_lines(d / "samples.jsonl")
             if "judge" in steps and _count_lines(d / "judgments.jsonl") != samples:
-                raise self.damaged(d / "judgments.jsonl", f"{_count_lines(d / 'judgments.jsonl')} judgments for {samples} samples")
+                raise self.damaged(
+                    d / "judgments.jsonl", f"{_count_lines(d / 'judgments.jsonl')} judgments for {samples} samples"
+                )
         for j, entry in sorted((state.cursor.ahead or {}).items()):  # sampled ahead of the learner
             steps = STEPS[: STEPS.index(entry.step) + 1]
             for name in [f for step in steps if step != "learn" for f in need[step]]:
                 if not (self.iter_dir(int(j)) / name).exists():
-                    raise self.damaged(self.iter_dir(int(j)) / name,
-                                       f"missing, though state.json records iteration {j} {steps[-1]} as finished")
+                    raise self.damaged(
+                        self.iter_dir(int(j)) / name,
+                        f"missing, though state.json records iteration {j} {steps[-1]} as finished",
+                    )
         if last and not (self.iter_dir(last) / "learner_state.pt").exists():
-            raise self.damaged(self.iter_dir(last) / "learner_state.pt", "missing: the optimizer state to continue from")
+            raise self.damaged(
+                self.iter_dir(last) / "learner_state.pt", "missing: the optimizer state to continue from"
+            )
         if last:
             weights = (self.iter_dir(last) / "adapter" / WEIGHTS).read_bytes()
             if hashlib.sha256(weights).hexdigest() != state.adapter_checksum:
-                raise self.damaged(self.iter_dir(last) / "adapter" / WEIGHTS,
-                                   f"its sha256 is not the one state.json records for adapter v{state.adapter_version}")
+                raise self.damaged(
+                    self.iter_dir(last) / "adapter" / WEIGHTS,
+                    f"its sha256 is not the one state.json records for adapter v{state.adapter_version}",
+                )
 
     # damage ------------------------------------------------------------------
     def _json(self, path: Path) -> dict:
@@ -311,8 +345,9 @@ class RunStore:
 
     def damaged(self, path: Path, what: str) -> ConfigError:
         """A damaged run directory is reported, never silently continued."""
-        return ConfigError(f"{path}: damaged run directory: {what}; restore it from a backup, "
-                           "or start the run over with --overwrite")
+        return ConfigError(
+            f"{path}: damaged run directory: {what}; restore it from a backup, or start the run over with --overwrite"
+        )
 
 
 def _count_lines(path: Path) -> int:
@@ -326,12 +361,22 @@ def _count_lines(path: Path) -> int:
 
 # The file alignloop puts in every run directory it makes or prepares.
 MARKER = ".alignloop-run"
-MARKER_TEXT = ("An alignloop run directory: `alignloop run --overwrite` deletes what the run wrote here "
-               "(config.yaml, state.json, metrics.jsonl, placement.jsonl, tracking.json, tracking/, "
-               "start-adapter/, iter-*/) and nothing else.\n")
+MARKER_TEXT = (
+    "An alignloop run directory: `alignloop run --overwrite` deletes what the run wrote here "
+    "(config.yaml, state.json, metrics.jsonl, placement.jsonl, tracking.json, tracking/, "
+    "start-adapter/, iter-*/) and nothing else.\n"
+)
 # What a run writes at the top of its directory besides iter-NNNN/: what reset() removes.
-RUN_FILES = ("config.yaml", "state.json", "metrics.jsonl", "placement.jsonl", "tracking.json", "tracking",
-             "start-adapter", MARKER)
+RUN_FILES = (
+    "config.yaml",
+    "state.json",
+    "metrics.jsonl",
+    "placement.jsonl",
+    "tracking.json",
+    "tracking",
+    "start-adapter",
+    MARKER,
+)
 LOCK = ".lock"  # loop/lock.py's file, taken before the directory is prepared
 
 
@@ -371,8 +416,11 @@ def refuse_unsafe_dir(path: str | Path, flag: str, fix: str) -> None:
     """`/`, the home directory and the current directory are never a run's or an adapter's own
     directory: refused however empty they are, so a slip such as `--set run_dir=.` deletes nothing."""
     resolved = Path(path).resolve()
-    for place, what in ((Path("/"), "the filesystem root"), (Path.home(), "your home directory"),
-                        (Path.cwd(), "the current directory")):
+    for place, what in (
+        (Path("/"), "the filesystem root"),
+        (Path.home(), "your home directory"),
+        (Path.cwd(), "the current directory"),
+    ):
         if resolved == place.resolve():
             raise ConfigError(f"{flag}: {path} is {what}, which alignloop never clears or replaces; {fix}")
 
@@ -387,10 +435,15 @@ def check_ownership(root: Path, overwrite: bool, name: str) -> None:
     found = others_files(root)
     if found and not is_run_dir(root):
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-        why = ("--overwrite clears only a run directory alignloop made" if overwrite else
-               "a run goes only into a new or empty directory or a run directory alignloop made")
-        raise ConfigError(f"{root} is not an alignloop run directory (no {MARKER}) and holds files ({shown}); {why}: "
-                          f"set run_dir to a new directory (e.g. --set run_dir=runs/{name}) or move those files away")
+        why = (
+            "--overwrite clears only a run directory alignloop made"
+            if overwrite
+            else "a run goes only into a new or empty directory or a run directory alignloop made"
+        )
+        raise ConfigError(
+            f"{root} is not an alignloop run directory (no {MARKER}) and holds files ({shown}); {why}: "
+            f"set run_dir to a new directory (e.g. --set run_dir=runs/{name}) or move those files away"
+        )
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:

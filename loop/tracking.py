@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from alignloop.loop.config import ConfigError, RunConfig
 from alignloop.loop.store import RunStore, atomic_write_text
@@ -41,8 +42,13 @@ def scalars(metrics: dict) -> dict[str, float]:
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        group = "judge" if key.startswith("judge_") or key in ("n_judged", "n_judge_errors") else \
-            "time" if key.endswith("_s") else "train"
+        group = (
+            "judge"
+            if key.startswith("judge_") or key in ("n_judged", "n_judge_errors")
+            else "time"
+            if key.endswith("_s")
+            else "train"
+        )
         out[f"{group}/{key}"] = float(value)
     if metrics.get("sample_s") and metrics.get("tokens_sampled"):
         out["time/tokens_per_s"] = metrics["tokens_sampled"] / metrics["sample_s"]
@@ -54,8 +60,16 @@ def sample_rows(prompts: list[Prompt], samples: list[Sample], judgments: list[Ju
     by_id = {p.id: p for p in prompts}
     rows = []
     for s, j in list(zip(samples, judgments))[:n]:
-        rows.append([by_id[s.prompt_id].instruction, s.response, j.verdict or "", "" if j.score is None else j.score,
-                     j.critique or "", j.error or ""])
+        rows.append(
+            [
+                by_id[s.prompt_id].instruction,
+                s.response,
+                j.verdict or "",
+                "" if j.score is None else j.score,
+                j.critique or "",
+                j.error or "",
+            ]
+        )
     return rows
 
 
@@ -73,8 +87,10 @@ class TensorBoardTracker:
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
         if rows:
+
             def cell(v):
                 return str(v).replace("|", "\\|").replace("\n", " ")
+
             table = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
             table += "\n".join("| " + " | ".join(cell(v) for v in r) + " |" for r in rows)
             self.writer.add_text("samples", table, step)
@@ -91,8 +107,14 @@ class WandbTracker:
         opts = cfg.tracking.wandb
         self.wandb = wandb
         self.run = wandb.init(
-            project=opts.project, entity=opts.entity, name=run_name, id=run_name, resume="allow",
-            mode=opts.mode, dir=str(log_dir), config=cfg.model_dump(mode="json", exclude={"judge"}),
+            project=opts.project,
+            entity=opts.entity,
+            name=run_name,
+            id=run_name,
+            resume="allow",
+            mode=opts.mode,
+            dir=str(log_dir),
+            config=cfg.model_dump(mode="json", exclude={"judge"}),
         )
 
     def log(self, step: int, values: dict[str, float], rows: list[list]) -> None:
@@ -119,8 +141,11 @@ class MlflowTracker:
             mlflow.create_experiment(opts.experiment, artifact_location=(log_dir / "mlartifacts").resolve().as_uri())
         mlflow.set_experiment(opts.experiment)
         found = mlflow.search_runs(filter_string=f"tags.alignloop_run = '{run_name}'", output_format="list")
-        self.run = mlflow.start_run(run_id=found[0].info.run_id) if found else \
-            mlflow.start_run(run_name=run_name, tags={"alignloop_run": run_name})
+        self.run = (
+            mlflow.start_run(run_id=found[0].info.run_id)
+            if found
+            else mlflow.start_run(run_name=run_name, tags={"alignloop_run": run_name})
+        )
 
     def log(self, step: int, values: dict[str, float], rows: list[list]) -> None:
         self.mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
@@ -143,7 +168,9 @@ class Tracker(Protocol):
 
 # name -> the backend's class, called as (cfg, log_dir, run_name, after_step)
 BACKENDS: dict[str, Callable[[RunConfig, Path, str, int], Tracker]] = {
-    "tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker,
+    "tensorboard": TensorBoardTracker,
+    "wandb": WandbTracker,
+    "mlflow": MlflowTracker,
 }
 
 
@@ -157,7 +184,8 @@ class Tracking:
         log_dir = Path(cfg.tracking.dir) if cfg.tracking.dir else store.root / "tracking"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.trackers: dict[str, Tracker] = {
-            name: BACKENDS[name](cfg, log_dir, cfg.name, base + self.sent.get(name, 0)) for name in cfg.tracking.backends
+            name: BACKENDS[name](cfg, log_dir, cfg.name, base + self.sent.get(name, 0))
+            for name in cfg.tracking.backends
         }
 
     def catch_up(self) -> None:

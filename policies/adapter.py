@@ -23,8 +23,10 @@ def check_serving(served: tuple[int | None, str | None], expected: tuple[int, st
     """A sampler asked to sample from `expected` (version, checksum) refuses while it serves
     anything else, so no sample is ever drawn from a stale or missing adapter."""
     if expected is not None and tuple(served) != tuple(expected):
-        raise AdapterMismatch(f"serving adapter v{served[0]} ({str(served[1])[:12]}), asked to sample from "
-                              f"v{expected[0]} ({expected[1][:12]})")
+        raise AdapterMismatch(
+            f"serving adapter v{served[0]} ({str(served[1])[:12]}), asked to sample from "
+            f"v{expected[0]} ({expected[1][:12]})"
+        )
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,11 @@ class AdapterPayload:
     checksum: str  # sha256 of `weights`
 
     @classmethod
-    def create(cls, version: int, weights: bytes, config: dict) -> "AdapterPayload":
+    def create(cls, version: int, weights: bytes, config: dict) -> AdapterPayload:
         return cls(version, weights, config, hashlib.sha256(weights).hexdigest())
 
     @classmethod
-    def from_dir(cls, path: str | Path, version: int) -> "AdapterPayload":
+    def from_dir(cls, path: str | Path, version: int) -> AdapterPayload:
         path = Path(path)
         return cls.create(version, (path / WEIGHTS).read_bytes(), json.loads((path / CONFIG).read_text()))
 

@@ -32,11 +32,14 @@ class SchemaConstraint:
         try:
             self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=stop_ids)
         except ValueError as e:  # a slow (pure Python) tokenizer, or a decoder llguidance cannot invert
-            raise ConfigError(f"this judge model's tokenizer cannot drive constrained decoding ({e}); use a model "
-                              "with a byte-level vocabulary or set judge.constrained: false") from None
+            raise ConfigError(
+                f"this judge model's tokenizer cannot drive constrained decoding ({e}); use a model "
+                "with a byte-level vocabulary or set judge.constrained: false"
+            ) from None
         # Compact JSON: with free whitespace a small model can fill its whole budget with newlines.
-        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
-                                                                     overrides={"whitespace_flexible": False})
+        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), overrides={"whitespace_flexible": False}
+        )
         first = self.matcher()
         if first.is_error() or not any(first.compute_bitmask()):
             raise ConfigError(
@@ -50,7 +53,7 @@ class SchemaConstraint:
 
         return llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0)
 
-    def processor(self, rows: int, prompt_width: int) -> "SchemaLogitsProcessor":
+    def processor(self, rows: int, prompt_width: int) -> SchemaLogitsProcessor:
         return SchemaLogitsProcessor([self.matcher() for _ in range(rows)], prompt_width)
 
 

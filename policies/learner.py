@@ -8,9 +8,9 @@ how a caller shows a progress bar.
 
 from __future__ import annotations
 
-import os
 import io
 import math
+import os
 import tempfile
 import time
 from typing import cast
@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load as load_safetensors
 
 from alignloop.policies.adapter import AdapterPayload
-from alignloop.policies.model import resolve_model_path, load_model, load_tokenizer, pick_device, render_prompt
+from alignloop.policies.model import load_model, load_tokenizer, pick_device, render_prompt, resolve_model_path
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.spans import span_token_mask
@@ -47,8 +47,11 @@ class Learner:
             self.model = get_peft_model(
                 base,
                 LoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    task_type="CAUSAL_LM",
                 ),
             )
         self.objective = build_objective(learner_cfg.objective)
@@ -196,7 +199,9 @@ class Learner:
         mask = response_mask(responses, t, self.device)
         # Each context's log-probs go to the TrainBatch field of that name, each declared
         # per-row value likewise: what the objective declared, and nothing else.
-        fields: dict[str, torch.Tensor] = {c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts}
+        fields: dict[str, torch.Tensor] = {
+            c: torch.stack([by_job.get((c, i), zero) for i in range(b)]) for c in self.objective.contexts
+        }
         fields.update(self.objective.row_tensors(rows, self.device).items())
         if self.objective.needs_reference:
             with torch.no_grad(), self.model.disable_adapter():
@@ -206,8 +211,9 @@ class Learner:
         if self.objective.needs_spans:
             self.map_spans([e for e in rows if e.sample.id not in self._spans])
             cover = [self._spans[e.sample.id] for e in rows]
-            fields["span_mask"] = torch.tensor([[0.0] * (t - len(c or ())) + (c or []) for c in cover],
-                                               device=self.device)  # right-aligned, as the mask
+            fields["span_mask"] = torch.tensor(
+                [[0.0] * (t - len(c or ())) + (c or []) for c in cover], device=self.device
+            )  # right-aligned, as the mask
             fields["has_spans"] = torch.tensor([float(c is not None) for c in cover], device=self.device)
         return TrainBatch(mask=mask, **fields)
 
@@ -254,14 +260,18 @@ class Learner:
             raise ValueError(
                 f"sample {stale[0].sample.id} was drawn by adapter v{stale[0].sample.policy_version} and carries no "
                 f"log-probs for its tokens, and the learner is at v{self.version}: the importance ratio needs the "
-                "sampler's log-probs (every built-in sampler returns them; a custom one must fill Sample.logprobs)")
+                "sampler's log-probs (every built-in sampler returns them; a custom one must fill Sample.logprobs)"
+            )
         checked = given[: self.cfg.logprob_check_rows]
         computed = self.sequence_logprobs(missing + checked)
         # aligned_logprobs() holds for every row of `given`: their logprobs are not None
         old = {e.sample.id: list(cast(list[float], e.sample.logprobs)) for e in given}
         old.update({e.sample.id: lp for e, lp in zip(missing, computed)})
-        gaps = [abs(a - b) for e, mine in zip(checked, computed[len(missing):])
-                for a, b in zip(cast(list[float], e.sample.logprobs), mine)]
+        gaps = [
+            abs(a - b)
+            for e, mine in zip(checked, computed[len(missing) :])
+            for a, b in zip(cast(list[float], e.sample.logprobs), mine)
+        ]
         metrics: dict[str, float] = {"n_old_logprobs_recomputed": len(missing), "n_old_logprobs_checked": len(checked)}
         if gaps:
             metrics["old_logprob_gap"] = float(np.mean(gaps))

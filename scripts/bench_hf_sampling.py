@@ -34,8 +34,10 @@ def batch(tokenizer, n: int):
     rows = [json.loads(line) for line in (ROOT / "configs/prompts/quickstart.jsonl").read_text().splitlines()[:n]]
     ids = [render_prompt(tokenizer, [{"role": "user", "content": r["instruction"]}]) for r in rows]
     width, pad = max(map(len, ids)), tokenizer.pad_token_id
-    return (torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
-            torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids]))
+    return (
+        torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
+        torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids]),
+    )
 
 
 def timed(model, inputs, k: int, tokens: int, repeats: int, pad: int) -> float:
@@ -45,8 +47,17 @@ def timed(model, inputs, k: int, tokens: int, repeats: int, pad: int) -> float:
         torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad():
-            model.generate(input_ids=inputs[0], attention_mask=inputs[1], do_sample=True, temperature=1.0, top_k=0,
-                           max_new_tokens=tokens, min_new_tokens=tokens, num_return_sequences=k, pad_token_id=pad)
+            model.generate(
+                input_ids=inputs[0],
+                attention_mask=inputs[1],
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                num_return_sequences=k,
+                pad_token_id=pad,
+            )
         if r:
             best = min(best, time.perf_counter() - start)
     return inputs[0].shape[0] * k * tokens / best
@@ -54,8 +65,9 @@ def timed(model, inputs, k: int, tokens: int, repeats: int, pad: int) -> float:
 
 def with_adapter(base, seed: int = 0):
     """The quickstart's LoRA (r16 on the MLP) with every B moved off zero, so it changes the model."""
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=16, lora_alpha=16, target_modules=["gate_proj", "up_proj",
-                                                                                                  "down_proj"]))
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=16, lora_alpha=16, target_modules=["gate_proj", "up_proj", "down_proj"])
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -76,8 +88,10 @@ def main() -> None:
     path = resolve_model_path(MODEL)
     tokenizer = load_tokenizer(path)
     inputs = batch(tokenizer, args.prompts)
-    print(f"{MODEL}, {args.prompts} prompts x {args.k} samples x {args.max_new_tokens} tokens, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(
+        f"{MODEL}, {args.prompts} prompts x {args.k} samples x {args.max_new_tokens} tokens, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
+    )
     print("| dtype | base model (raw generate) | adapter unmerged | adapter merged | unmerged / raw | merged / raw |")
     print("|---|---|---|---|---|---|")
     for dtype in ("float32", "bfloat16"):
@@ -87,8 +101,11 @@ def main() -> None:
         lora = timed(unmerged, inputs, args.k, args.max_new_tokens, args.repeats, tokenizer.pad_token_id)
         merged = with_adapter(base).merge_and_unload().eval()
         fused = timed(merged, inputs, args.k, args.max_new_tokens, args.repeats, tokenizer.pad_token_id)
-        print(f"| {dtype} | {raw:.0f} tok/s | {lora:.0f} tok/s | {fused:.0f} tok/s | {lora / raw:.2f} | "
-              f"{fused / raw:.2f} |", flush=True)
+        print(
+            f"| {dtype} | {raw:.0f} tok/s | {lora:.0f} tok/s | {fused:.0f} tok/s | {lora / raw:.2f} | "
+            f"{fused / raw:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,15 @@ def serve(latency_s: float, urls, stop) -> None:
 
 def bench(url: str, concurrency: int, n: int) -> tuple[float, int]:
     """Seconds to judge n samples, and how many of them got a verdict."""
-    cfg = OpenAIJudgeConfig(model="bench", base_url=url, api_key_env=None, cache=False,
-                            concurrency=concurrency, max_retries=0, timeout_s=30)
+    cfg = OpenAIJudgeConfig(
+        model="bench", base_url=url, api_key_env=None, cache=False, concurrency=concurrency, max_retries=0, timeout_s=30
+    )
     judge = OpenAIJudge(cfg)
     prompt = Prompt(id="p", messages=[Message(role="user", content="Explain why the sky is blue.")])
-    samples = [Sample(id=f"s{i}", prompt_id="p", response=f"Rayleigh scattering, answer {i}, good.", policy_version=0)
-               for i in range(n)]
+    samples = [
+        Sample(id=f"s{i}", prompt_id="p", response=f"Rayleigh scattering, answer {i}, good.", policy_version=0)
+        for i in range(n)
+    ]
 
     asyncio.run(judge.judge([prompt], samples[:1]))  # warm-up: imports the openai client
     # Timed as a run sees it: one judge call, connection set-up included.
@@ -52,7 +55,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=20, help="samples per concurrency slot (n = rounds x concurrency)")
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="samples per concurrency slot (n = rounds x concurrency)"
+    )
     args = parser.parse_args()
 
     urls, stop = mp.Queue(), mp.Event()

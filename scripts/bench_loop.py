@@ -66,12 +66,18 @@ def raw_learn_s(run_dir: Path, iteration: int) -> tuple[float, int]:
     by_id = {p.id: p for p in prompts}
     path = resolve_model_path(cfg.model.path)
     tokenizer = load_tokenizer(path)
-    rows = [(render_prompt(tokenizer, by_id[s.prompt_id].messages), s.token_ids)
-            for s, j in zip(samples, judgments) if j.verdict == "positive"]
+    rows = [
+        (render_prompt(tokenizer, by_id[s.prompt_id].messages), s.token_ids)
+        for s, j in zip(samples, judgments)
+        if j.verdict == "positive"
+    ]
     lora = cfg.model.lora
-    model = get_peft_model(load_model(path, cfg.model.dtype, "cpu"),
-                           LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                      target_modules=list(lora.target_modules)))
+    model = get_peft_model(
+        load_model(path, cfg.model.dtype, "cpu"),
+        LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+        ),
+    )
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learner.lr)
     mini, micro = cfg.learner.minibatch_size, cfg.learner.micro_batch_size
@@ -96,8 +102,8 @@ def raw_generate_tok_s(chunk: int, k: int, tokens: int) -> float:
     size the sampler phase generates (the first `chunk` quickstart prompts x k samples x
     exactly `tokens` tokens each)."""
     import torch
-
     from bench_hf_sampling import MODEL, batch, timed
+
     from alignloop.policies.model import load_model, load_tokenizer, resolve_model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -110,17 +116,28 @@ def raw_generate_tok_s(chunk: int, k: int, tokens: int) -> float:
 
 
 def judge_override(url: str, concurrency: int) -> str:
-    return "judge=" + json.dumps({"type": "openai", "model": "bench", "base_url": url, "api_key_env": None,
-                                  "cache": False, "concurrency": concurrency, "max_retries": 0, "timeout_s": 60})
+    return "judge=" + json.dumps(
+        {
+            "type": "openai",
+            "model": "bench",
+            "base_url": url,
+            "api_key_env": None,
+            "cache": False,
+            "concurrency": concurrency,
+            "max_retries": 0,
+            "timeout_s": 60,
+        }
+    )
 
 
 def same_artifacts(a: Path, b: Path) -> bool:
+    def strip(p):
+        return [{k: v for k, v in json.loads(line).items() if k != "latency_s"} for line in p.read_text().splitlines()]
+
     names = ["prompts.jsonl", "samples.jsonl", "adapter/adapter_model.safetensors"]
     for d in sorted(a.glob("iter-*")):
         if any((d / n).read_bytes() != (b / d.name / n).read_bytes() for n in names):
             return False
-        strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "latency_s"}  # noqa: E731
-                           for line in p.read_text().splitlines()]
         if strip(d / "judgments.jsonl") != strip(b / d.name / "judgments.jsonl"):
             return False
     return True
@@ -139,13 +156,27 @@ def main() -> None:
     server.start()
     url = urls.get(timeout=30)
     # Small sampler and judge chunks, so there is something to overlap within an iteration.
-    common = [judge_override(url, args.concurrency), f"iterations={args.iterations}",
-              f"data.prompts_per_iteration={args.prompts}", "sampler.batch_size=2", "sampler.max_new_tokens=48",
-              "judging.chunk_size=4", "judging.in_flight=2", "learner.epochs=1"]
+    common = [
+        judge_override(url, args.concurrency),
+        f"iterations={args.iterations}",
+        f"data.prompts_per_iteration={args.prompts}",
+        "sampler.batch_size=2",
+        "sampler.max_new_tokens=48",
+        "judging.chunk_size=4",
+        "judging.in_flight=2",
+        "learner.epochs=1",
+    ]
     half = str(max(1, (os.cpu_count() or 2) // 2))
-    variants = {"sequential": ["judging.streaming=false"], "streaming": ["judging.streaming=true"],
-                "async": ["judging.streaming=true", "asynchronous.max_staleness=1", f"sampler.threads={half}",
-                          f"learner.threads={half}"]}
+    variants = {
+        "sequential": ["judging.streaming=false"],
+        "streaming": ["judging.streaming=true"],
+        "async": [
+            "judging.streaming=true",
+            "asynchronous.max_staleness=1",
+            f"sampler.threads={half}",
+            f"learner.threads={half}",
+        ],
+    }
     try:
         results, wall = run_variants(ROOT / "configs/quickstart.yaml", variants, OUT, common, overwrite=True)
     finally:
@@ -156,12 +187,16 @@ def main() -> None:
         rows = rows[1:] or rows
         return sum(r.get(key, 0) for r in rows) / len(rows)
 
-    print(f"\n{os.cpu_count()} cores; judge latency {args.latency_s} s per request, "
-          f"{args.concurrency} in flight per judge actor; {args.prompts} prompts x 4 samples per iteration\n")
+    print(
+        f"\n{os.cpu_count()} cores; judge latency {args.latency_s} s per request, "
+        f"{args.concurrency} in flight per judge actor; {args.prompts} prompts x 4 samples per iteration\n"
+    )
     raw = raw_generate_tok_s(2, 4, 48)
     print(f"raw model.generate of one sampler chunk (2 prompts x 4 samples x 48 tokens, all cores): {raw:.0f} tok/s\n")
-    print("| mode | sample s | sampler tok/s (of raw) | judge s | sample+judge wall s | wall / slower phase | learn s "
-          "| iteration wall s | vs sequential |")
+    print(
+        "| mode | sample s | sampler tok/s (of raw) | judge s | sample+judge wall s | wall / slower phase | learn s "
+        "| iteration wall s | vs sequential |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     base = mean(results["sequential"], "iteration_s")
     for name, rows in results.items():
@@ -169,13 +204,17 @@ def main() -> None:
         both = sample + judge if name == "sequential" else mean(rows, "sample_judge_s")
         rate = mean(rows, "tokens_sampled") / sample
         iteration = mean(rows, "iteration_s")
-        print(f"| {name} | {sample:.1f} | {rate:.0f} ({rate / raw:.2f}) | {judge:.1f} | {both:.1f} | "
-              f"{both / max(sample, judge):.2f} | {learn:.1f} | {iteration:.1f} | {iteration / base:.2f} |")
+        print(
+            f"| {name} | {sample:.1f} | {rate:.0f} ({rate / raw:.2f}) | {judge:.1f} | {both:.1f} | "
+            f"{both / max(sample, judge):.2f} | {learn:.1f} | {iteration:.1f} | {iteration / base:.2f} |"
+        )
     print(f"\nartifacts identical across modes: {same_artifacts(OUT / 'sequential', OUT / 'streaming')}")
     last = results["streaming"][-1]
     floor, n = raw_learn_s(OUT / "streaming", args.iterations)
-    print(f"learn phase of iteration {args.iterations}: {last['learn_s']:.1f} s for {last.get('n_train')} rows; raw "
-          f"forward+backward+step over the same {n} rows: {floor:.1f} s ({last['learn_s'] / floor:.2f}x)")
+    print(
+        f"learn phase of iteration {args.iterations}: {last['learn_s']:.1f} s for {last.get('n_train')} rows; raw "
+        f"forward+backward+step over the same {n} rows: {floor:.1f} s ({last['learn_s'] / floor:.2f}x)"
+    )
     print("run wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
 
 

@@ -46,8 +46,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--swaps", type=int, default=3, help="adapter versions published to time the swap")
     p.add_argument("--backends", default="hf,vllm")
-    p.add_argument("--threads", type=int, default=None,
-                   help="hf sampler's torch threads (default: every core); vLLM binds its own")
+    p.add_argument(
+        "--threads", type=int, default=None, help="hf sampler's torch threads (default: every core); vLLM binds its own"
+    )
     p.add_argument("--num-gpus", type=float, default=0)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     p.add_argument("--kv-cache-gib", type=float, default=None, help="vLLM KV cache size (default on CPU: 1)")
@@ -55,13 +56,22 @@ def parse_args() -> argparse.Namespace:
 
 
 def sampler_config(args, backend: str) -> SamplerConfig:
-    common = dict(backend=backend, samples_per_prompt=args.k, temperature=args.temperature, top_p=args.top_p,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.prompts, num_gpus=args.num_gpus)
+    common = dict(
+        backend=backend,
+        samples_per_prompt=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.prompts,
+        num_gpus=args.num_gpus,
+    )
     if backend != "vllm":
         return SamplerConfig(**common, threads=args.threads)
     kv = args.kv_cache_gib or (None if args.num_gpus else 1.0)
-    return SamplerConfig(**common, vllm={"gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_gib": kv,
-                                         "max_model_len": 2048})
+    return SamplerConfig(
+        **common,
+        vllm={"gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_gib": kv, "max_model_len": 2048},
+    )
 
 
 def adapter_versions(model_cfg: ModelConfig, n: int) -> list:
@@ -101,8 +111,16 @@ def bench(backend: str, args, model_cfg: ModelConfig, prompts, payloads) -> dict
         swaps = [time_to_first_token(sampler, payload, cfg, prompts[0]) for payload in payloads[1:]]
     finally:
         sampler.close()
-    return {"backend": backend, "init_s": init_s, "samples": len(samples), "tokens": tokens, "gen_s": gen_s,
-            "tok_s": tokens / gen_s, "swap_s": statistics.median(swaps), "swaps": swaps}
+    return {
+        "backend": backend,
+        "init_s": init_s,
+        "samples": len(samples),
+        "tokens": tokens,
+        "gen_s": gen_s,
+        "tok_s": tokens / gen_s,
+        "swap_s": statistics.median(swaps),
+        "swaps": swaps,
+    }
 
 
 def time_to_first_token(sampler, payload, cfg: SamplerConfig, prompt) -> float:
@@ -131,8 +149,10 @@ def table(rows: list[dict], args) -> str:
     ]
     for r in rows:
         swaps = ", ".join(f"{s:.2f}" for s in r["swaps"])
-        lines.append(f"| {r['backend']} | {r['init_s']:.1f} | {r['samples']} | {r['tokens']} | {r['gen_s']:.1f} | "
-                     f"{r['tok_s']:.1f} | {r['swap_s']:.2f} ({swaps}) |")
+        lines.append(
+            f"| {r['backend']} | {r['init_s']:.1f} | {r['samples']} | {r['tokens']} | {r['gen_s']:.1f} | "
+            f"{r['tok_s']:.1f} | {r['swap_s']:.2f} ({swaps}) |"
+        )
     return "\n".join(lines)
 
 

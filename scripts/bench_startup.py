@@ -46,8 +46,14 @@ print(json.dumps({"ray_s": t1 - t0, "actors_s": t2 - t1}))
 
 
 def once(config: str, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", ONE, config], cwd=ROOT, env={**os.environ, **env},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", ONE, config],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -40,12 +40,17 @@ def main() -> None:
     variants = {name: [f"learner.objective={OBJECTIVES[name]}"] for name in args.objectives.split(",")}
     out = OUT / args.task
     results, wall = run_variants(args.config or TASKS[args.task], variants, out, common)
-    report(results, wall, {
-        "pass_rate": "pass rate (fraction of samples the rule judge accepts; iteration i samples from adapter v{i-1})",
-        "mean_score": "mean score (fraction of checks passed)",
-        "learn_s": "learn phase, seconds",
-        "n_train": "rows trained on",
-    }, out)
+    report(
+        results,
+        wall,
+        {
+            "pass_rate": "pass rate (fraction of samples the rule judge accepts; iteration i samples from adapter v{i-1})",
+            "mean_score": "mean score (fraction of checks passed)",
+            "learn_s": "learn phase, seconds",
+            "n_train": "rows trained on",
+        },
+        out,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import yaml
-
 from side_by_side import report, run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +50,23 @@ def main() -> None:
     unknown = sorted(set(names) - set(OBJECTIVES))
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
-    common = [f"seed={args.seed}", f"iterations={args.iterations}", f"data.prompts_per_iteration={args.prompts}", *args.extra]
+    common = [
+        f"seed={args.seed}",
+        f"iterations={args.iterations}",
+        f"data.prompts_per_iteration={args.prompts}",
+        *args.extra,
+    ]
     variants = {name: [f"learner.objective={OBJECTIVES[name]()}"] for name in names}
     results, wall = run_variants(ROOT / "configs/quickstart.yaml", variants, OUT, common, overwrite=True)
-    report(results, wall, {
-        "mean_score": "mean score (fraction of the rule judge's checks passed; iteration i samples from adapter v{i-1})",
-    }, OUT, args=vars(args))
+    report(
+        results,
+        wall,
+        {
+            "mean_score": "mean score (fraction of the rule judge's checks passed; iteration i samples from adapter v{i-1})",
+        },
+        OUT,
+        args=vars(args),
+    )
 
 
 if __name__ == "__main__":

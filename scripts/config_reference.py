@@ -48,7 +48,9 @@ def sections(model: type[BaseModel], prefix: str = ""):
         if field.discriminator:  # a union keyed on `type`: documented on its own docs page
             members = typing.get_args(inner) or (inner,)
             tags = ", ".join(m.model_fields["type"].default for m in members)
-            rows.append((name, f"one of: {tags}", default_of(field) if field.is_required() else "sft", field.description or ""))
+            rows.append(
+                (name, f"one of: {tags}", default_of(field) if field.is_required() else "sft", field.description or "")
+            )
             continue
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             nested.append((f"{prefix}{name}", inner))
@@ -77,8 +79,10 @@ def reference() -> str:
             doc = escape_tags(doc)
             out.append(f"| `{name}` | `{tp}` | `{default}` | {doc} |".replace("`(section)`", "section"))
         out.append("")
-    out.append("`judge` and `learner.objective` are chosen by `type`; their fields are listed in "
-               "[Judges](judges.md) and [Objectives](objectives.md).")
+    out.append(
+        "`judge` and `learner.objective` are chosen by `type`; their fields are listed in "
+        "[Judges](judges.md) and [Objectives](objectives.md)."
+    )
     return "\n".join(out)
 
 
@@ -102,8 +106,10 @@ def main() -> int:
         return 0
     current = page.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     if current != text.strip():
-        print(f"{PAGE.relative_to(ROOT)}'s config reference is stale: run "
-              "`python scripts/config_reference.py --write`", file=sys.stderr)
+        print(
+            f"{PAGE.relative_to(ROOT)}'s config reference is stale: run `python scripts/config_reference.py --write`",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

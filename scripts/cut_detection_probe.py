@@ -35,25 +35,34 @@ def main() -> None:
     parser.add_argument("--data", default="configs/prompts/quickstart.jsonl")
     args = parser.parse_args()
     words = args.words.split(",")
-    cfg = validate_config({
-        "name": "probe", "data": {"path": args.data}, "model": {"path": args.model},
-        "sampler": {"samples_per_prompt": args.k, "max_new_tokens": 64},
-        "judge": {"type": "rules", "checks": [{"type": "banned_phrases", "phrases": words, "whole_words": True}]},
-        "learner": {"objective": {"type": "cut", "downsample": None}},
-    })
+    cfg = validate_config(
+        {
+            "name": "probe",
+            "data": {"path": args.data},
+            "model": {"path": args.model},
+            "sampler": {"samples_per_prompt": args.k, "max_new_tokens": 64},
+            "judge": {"type": "rules", "checks": [{"type": "banned_phrases", "phrases": words, "whole_words": True}]},
+            "learner": {"objective": {"type": "cut", "downsample": None}},
+        }
+    )
     prompts = load_prompts(args.data)[: args.prompts]
     samples = HFSampler(cfg.model, cfg.sampler).generate(prompts, iteration=0, seed=0)
     by_id = {p.id: p for p in prompts}
     judgments = asyncio.run(build_judge(cfg.judge).judge([by_id[s.prompt_id] for s in samples], samples))
     learner = Learner(cfg.model, cfg.learner)
     learner.model.eval()
-    rows, _ = learner.objective.select([Example(by_id[s.prompt_id], s, j) for s, j in zip(samples, judgments)],
-                                       np.random.default_rng(0))
+    rows, _ = learner.objective.select(
+        [Example(by_id[s.prompt_id], s, j) for s, j in zip(samples, judgments)], np.random.default_rng(0)
+    )
     negatives = [r for r in rows if r.negative]
     named, other = ratios(learner, negatives, words)
-    print(f"{len(samples)} responses, {len(negatives)} negative ({len(negatives) / len(samples):.0%}); "
-          f"{len(named)} tokens of banned words, {len(other)} other tokens in negatives")
-    print(f"median ratio p(y|x,j)/p(y|x): banned-word tokens {np.median(named):.3f}, other tokens {np.median(other):.3f}\n")
+    print(
+        f"{len(samples)} responses, {len(negatives)} negative ({len(negatives) / len(samples):.0%}); "
+        f"{len(named)} tokens of banned words, {len(other)} other tokens in negatives"
+    )
+    print(
+        f"median ratio p(y|x,j)/p(y|x): banned-word tokens {np.median(named):.3f}, other tokens {np.median(other):.3f}\n"
+    )
     print("| lambda | precision | recall |\n|---|---|---|")
     for lam in (1.1, 1.5, 2.0, 3.0):
         tp, fp = int((named > lam).sum()), int((other > lam).sum())

@@ -19,12 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.options import (
-    DPOOptions, GRPOOptions, PPOOptions, ReinforceOptions, RLOOOptions, RWROptions, SFTOptions,
+    DPOOptions,
+    GRPOOptions,
+    PPOOptions,
+    ReinforceOptions,
+    RLOOOptions,
+    RWROptions,
+    SFTOptions,
 )
 from alignloop.policies.objectives.registry import build_objective
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 ACTIONS = 100
 # Reward peaks. The reference's mode, tanh(-0.7) = -0.60, is bin 20 ("near"); bin 70 is
@@ -46,7 +52,9 @@ class Variant:
 # all variants at 0.1 and 0.3 on seeds 0-2), 0.3 is the one at which offline IPO converges
 # within the step budget; the on-policy variants reach the optimum at 0.1 and 0.3 alike.
 LR = 0.3
-IPO = DPOOptions(loss="ipo", beta=0.025, pairs="all")  # h target 1/(2 beta) = 20; every ordered pair, as the paper's code
+IPO = DPOOptions(
+    loss="ipo", beta=0.025, pairs="all"
+)  # h target 1/(2 beta) = 20; every ordered pair, as the paper's code
 VARIANTS = [
     Variant("best-of-N (offline)", SFTOptions(best_of_n=True), False, LR),
     Variant("IPO (offline)", IPO, False, LR),
@@ -91,8 +99,13 @@ def examples(step: int, actions: np.ndarray, r: np.ndarray) -> list[Example]:
         for j, a in enumerate(row):
             sid = f"{step}-{g}-{j}"
             sample = Sample.model_construct(
-                id=sid, prompt_id=prompt.id, response=str(a), policy_version=step, token_ids=[int(a)],
-                logprobs=None, finish_reason="stop",
+                id=sid,
+                prompt_id=prompt.id,
+                response=str(a),
+                policy_version=step,
+                token_ids=[int(a)],
+                logprobs=None,
+                finish_reason="stop",
             )
             judgment = Judgment.model_construct(
                 sample_id=sid, verdict=None, score=float(r[a]), critique=None, judge="bandit", latency_s=0.0, error=None
@@ -169,7 +182,8 @@ def run(seeds: list[int], steps: int = 200, groups: int = 8, n: int = 10) -> tup
     ref = reference()
     res = {
         (v.name, c): [train(v, CENTERS[c], s, steps, groups, n, ref) for s in seeds]
-        for v in VARIANTS + EXTRAS for c in CENTERS
+        for v in VARIANTS + EXTRAS
+        for c in CENTERS
     }
     lines = [
         f"### Bandit: final expected reward / optimal expected reward ({len(seeds)} seed(s): {seeds})",
@@ -183,11 +197,17 @@ def run(seeds: list[int], steps: int = 200, groups: int = 8, n: int = 10) -> tup
         "|---|---|---|",
     ]
     for v in VARIANTS + EXTRAS:
-        cells = [f"{np.mean(res[v.name, c]):.3f} ({min(res[v.name, c]):.3f}, {max(res[v.name, c]):.3f})" for c in CENTERS]
+        cells = [
+            f"{np.mean(res[v.name, c]):.3f} ({min(res[v.name, c]):.3f}, {max(res[v.name, c]):.3f})" for c in CENTERS
+        ]
         lines.append(f"| {v.name}{' (not checked)' if v in EXTRAS else ''} | " + " | ".join(cells) + " |")
-    lines += ["", "Objective options: " + "; ".join(
-        f"{v.name}: {', '.join(f'{k}={x}' for k, x in v.options.model_dump().items())}" for v in VARIANTS + EXTRAS
-    )]
+    lines += [
+        "",
+        "Objective options: "
+        + "; ".join(
+            f"{v.name}: {', '.join(f'{k}={x}' for k, x in v.options.model_dump().items())}" for v in VARIANTS + EXTRAS
+        ),
+    ]
     return "\n".join(lines), checks(res, seeds)
 
 
@@ -197,10 +217,22 @@ def checks(res: dict, seeds: list[int]) -> list[tuple]:
     on = [v.name for v in VARIANTS if v.on_policy]
     gap = [i - b for i, b in zip(res["IPO (offline)", "far"], res["best-of-N (offline)", "far"])]
     out = [
-        ("far: on-policy best-of-N reaches the optimum (worst seed)", min(res["best-of-N (on-policy)", "far"]), ">=", 0.95),
+        (
+            "far: on-policy best-of-N reaches the optimum (worst seed)",
+            min(res["best-of-N (on-policy)", "far"]),
+            ">=",
+            0.95,
+        ),
         ("far: offline best-of-N stalls (best seed)", max(res["best-of-N (offline)", "far"]), "<=", 0.5),
-        ("near: offline best-of-N reaches the optimum (worst seed)", min(res["best-of-N (offline)", "near"]), ">=", 0.90),
+        (
+            "near: offline best-of-N reaches the optimum (worst seed)",
+            min(res["best-of-N (offline)", "near"]),
+            ">=",
+            0.90,
+        ),
         ("far: offline IPO - offline best-of-N (smallest per-seed gap)", min(gap), ">=", 0.2),
     ]
-    out += [(f"{c}: {name} reaches the optimum (worst seed)", min(res[name, c]), ">=", 0.95) for name in on for c in CENTERS]
+    out += [
+        (f"{c}: {name} reaches the optimum (worst seed)", min(res[name, c]), ">=", 0.95) for name in on for c in CENTERS
+    ]
     return out

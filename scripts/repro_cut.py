@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import repro_cut_task as task
 import torch
 
-import repro_cut_task as task
 from alignloop.loop.config import LearnerConfig, LoraOptions, ModelConfig, SamplerConfig
 from alignloop.policies.learner import Learner
 from alignloop.policies.model import load_tokenizer
@@ -54,8 +54,13 @@ class Settings:
     minibatch: int = 16
     lora_r: int = 8
     threshold: float = THRESHOLD
-    methods: tuple[str, ...] = ("CUT", "CUT with judged spans", "filtered SFT", "Hindsight",
-                                "CUT without token detection")
+    methods: tuple[str, ...] = (
+        "CUT",
+        "CUT with judged spans",
+        "filtered SFT",
+        "Hindsight",
+        "CUT without token detection",
+    )
 
 
 def objective(name: str, s: Settings):
@@ -74,13 +79,24 @@ def window(p: float, n_forbidden: int = len(task.FORBIDDEN), length: int = task.
 
 
 def configs(base: Path, options, s: Settings) -> tuple[ModelConfig, LearnerConfig, SamplerConfig]:
-    model = ModelConfig(path=str(base), lora=LoraOptions(
-        r=s.lora_r, alpha=2 * s.lora_r, dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    ))
+    model = ModelConfig(
+        path=str(base),
+        lora=LoraOptions(
+            r=s.lora_r,
+            alpha=2 * s.lora_r,
+            dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     learner = LearnerConfig(
-        objective=options, lr=s.lr, schedule="constant", epochs=s.epochs, minibatch_size=s.minibatch,
-        micro_batch_size=s.minibatch, device="cpu", threads=1,
+        objective=options,
+        lr=s.lr,
+        schedule="constant",
+        epochs=s.epochs,
+        minibatch_size=s.minibatch,
+        micro_batch_size=s.minibatch,
+        device="cpu",
+        threads=1,
     )
     sampler = SamplerConfig(samples_per_prompt=s.k, max_new_tokens=task.LENGTH + 2, threads=1)
     return model, learner, sampler
@@ -142,10 +158,9 @@ def detection(learner: Learner, examples: list[Example], thresholds: list[float]
         chunk = negatives[start : start + 64]
         batch = learner.batch(chunk)
         t = batch.mask.shape[1]
-        truth = torch.tensor([
-            [0.0] * (t - len(ids)) + [float(x in forbidden) for x in ids]
-            for ids in map(learner.response_ids, chunk)
-        ])  # (B, T), right-aligned like the batch
+        truth = torch.tensor(
+            [[0.0] * (t - len(ids)) + [float(x in forbidden) for x in ids] for ids in map(learner.response_ids, chunk)]
+        )  # (B, T), right-aligned like the batch
         for m, c in counts.items():
             det = inappropriate_tokens(batch, modes[m])  # (B, T)
             c += [(det * truth).sum().item(), det.sum().item(), truth.sum().item()]
@@ -175,25 +190,27 @@ def run(seeds: list[int], s: Settings, workdir: Path, log=print) -> tuple[str, l
     res = {(m, seed): run_method(m, hard, s, seed) for m in s.methods for seed in seeds}
     medium = {(m, seed): run_method(m, bases["medium"], s, seed) for m in SECOND for seed in seeds}
     easy = {(m, seed): run_method(m, bases["easy"], s, seed) for m in SECOND for seed in seeds}
-    text = "\n".join([
-        f"### CUT, hard regime: p = {HARD} per word, flawed rate after each round ({len(seeds)} seed(s): {seeds})",
-        "",
-        *rounds_table(res, s.methods, seeds),
-        "",
-        *detection_lines(res, seeds, s.threshold, HARD),
-        "",
-        f"### CUT, medium regime: p = {MEDIUM} per word",
-        "",
-        *rounds_table(medium, SECOND, seeds),
-        "",
-        *detection_lines(medium, seeds, s.threshold, MEDIUM),
-        "",
-        f"### Contrast (not a check): easy regime, p = {EASY} per word",
-        "",
-        *rounds_table(easy, SECOND, seeds),
-        "",
-        settings_line(s, loss, vocabulary=len(load_tokenizer(str(hard)))),
-    ])
+    text = "\n".join(
+        [
+            f"### CUT, hard regime: p = {HARD} per word, flawed rate after each round ({len(seeds)} seed(s): {seeds})",
+            "",
+            *rounds_table(res, s.methods, seeds),
+            "",
+            *detection_lines(res, seeds, s.threshold, HARD),
+            "",
+            f"### CUT, medium regime: p = {MEDIUM} per word",
+            "",
+            *rounds_table(medium, SECOND, seeds),
+            "",
+            *detection_lines(medium, seeds, s.threshold, MEDIUM),
+            "",
+            f"### Contrast (not a check): easy regime, p = {EASY} per word",
+            "",
+            *rounds_table(easy, SECOND, seeds),
+            "",
+            settings_line(s, loss, vocabulary=len(load_tokenizer(str(hard)))),
+        ]
+    )
     checked = checks(res, s.methods, seeds, s.threshold, HARD) + regime_checks(medium, seeds, s.threshold, MEDIUM)
     return text, checked
 
@@ -204,7 +221,9 @@ def rounds_table(res: dict, methods, seeds) -> list[str]:
     rows the objective selected to train on each round (mean over seeds)."""
     n = len(res[methods[0], seeds[0]]["flawed"])
     lines = [
-        "| method | base | " + " | ".join(f"round {i}" for i in range(1, n)) + " | final malformed | rows trained per round |",
+        "| method | base | "
+        + " | ".join(f"round {i}" for i in range(1, n))
+        + " | final malformed | rows trained per round |",
         "|---|" + "---|" * (n + 2),
     ]
     for m in methods:
@@ -227,8 +246,11 @@ def detection_lines(res: dict, seeds, threshold: float, p_forbidden: float) -> l
         else:
             label = f"lambda = {m:g}" + (" (used)" if m == threshold else " (official default)" if m == 1.1 else "")
         lines.append(f"| {label} | {np.mean(p):.3f} (min {min(p):.3f}) | {np.mean(r):.3f} (min {min(r):.3f}) |")
-    lines += ["", f"The ratio separates named words from good ones for lambda in ({lo:.2f}, {hi:.2f}) in this "
-                  f"regime (1/(1-p) to 16/(6p)); lambda = {threshold:g} is {'inside' if lo < threshold < hi else 'OUTSIDE'} it."]
+    lines += [
+        "",
+        f"The ratio separates named words from good ones for lambda in ({lo:.2f}, {hi:.2f}) in this "
+        f"regime (1/(1-p) to 16/(6p)); lambda = {threshold:g} is {'inside' if lo < threshold < hi else 'OUTSIDE'} it.",
+    ]
     return lines
 
 
@@ -249,15 +271,28 @@ def detection_checks(res: dict, seeds, threshold: float, p_forbidden: float, lab
     det = [res["CUT", seed]["detection"] for seed in seeds]
     lo, hi = window(p_forbidden)
     out = [
-        (f"{label}: judged spans' detection precision (worst seed)", min(d["spans"]["precision"] for d in det), ">=", 0.99),
+        (
+            f"{label}: judged spans' detection precision (worst seed)",
+            min(d["spans"]["precision"] for d in det),
+            ">=",
+            0.99,
+        ),
         (f"{label}: judged spans' detection recall (worst seed)", min(d["spans"]["recall"] for d in det), ">=", 0.99),
     ]
     if lo < threshold < hi:
         out += [
-            (f"{label}: CUT detection precision at lambda = {threshold} (worst seed)",
-             min(d[threshold]["precision"] for d in det), ">=", 0.65),
-            (f"{label}: CUT detection recall at lambda = {threshold} (worst seed)",
-             min(d[threshold]["recall"] for d in det), ">=", 0.85),
+            (
+                f"{label}: CUT detection precision at lambda = {threshold} (worst seed)",
+                min(d[threshold]["precision"] for d in det),
+                ">=",
+                0.65,
+            ),
+            (
+                f"{label}: CUT detection recall at lambda = {threshold} (worst seed)",
+                min(d[threshold]["recall"] for d in det),
+                ">=",
+                0.85,
+            ),
         ]
     return out
 
@@ -267,9 +302,15 @@ def regime_checks(res: dict, seeds, threshold: float, p_forbidden: float) -> lis
     final = {m: [res[m, seed]["flawed"][-1] for seed in seeds] for m in SECOND}
     label = f"p = {p_forbidden}"
     return [
-        *((f"{label}: {m} final flawed / filtered SFT final flawed (worst seed)",
-           max(c / max(f, 1e-9) for c, f in zip(final[m], final["filtered SFT"])), "<=", 0.8)
-          for m in ("CUT", "CUT with judged spans")),
+        *(
+            (
+                f"{label}: {m} final flawed / filtered SFT final flawed (worst seed)",
+                max(c / max(f, 1e-9) for c, f in zip(final[m], final["filtered SFT"])),
+                "<=",
+                0.8,
+            )
+            for m in ("CUT", "CUT with judged spans")
+        ),
         *detection_checks(res, seeds, threshold, p_forbidden, label),
     ]
 
@@ -281,14 +322,31 @@ def checks(res: dict, methods, seeds, threshold: float, p_forbidden: float) -> l
     base = [res["CUT", seed]["flawed"][0] for seed in seeds]
     steps = [a - b for seed in seeds for a, b in zip(res["CUT", seed]["flawed"], res["CUT", seed]["flawed"][1:])]
     return [
-        ("CUT final flawed / filtered SFT final flawed (worst seed)",
-         max(c / max(f, 1e-9) for c, f in zip(final["CUT"], final["filtered SFT"])), "<=", 0.6),
+        (
+            "CUT final flawed / filtered SFT final flawed (worst seed)",
+            max(c / max(f, 1e-9) for c, f in zip(final["CUT"], final["filtered SFT"])),
+            "<=",
+            0.6,
+        ),
         ("CUT final flawed rate (worst seed)", max(final["CUT"]), "<=", 0.40),
         ("CUT improves every round: smallest drop in flawed rate", min(steps), ">", 0.0),
-        ("unlikelihood on every negative token - CUT, final flawed (smallest gap)",
-         min(a - c for a, c in zip(final["CUT without token detection"], final["CUT"])), ">", 0.0),
-        ("CUT with judged spans final flawed / filtered SFT final flawed (worst seed)",
-         max(c / max(f, 1e-9) for c, f in zip(final["CUT with judged spans"], final["filtered SFT"])), "<=", 0.6),
-        ("Hindsight final - base flawed rate (lowest)", min(h - b for h, b in zip(final["Hindsight"], base)), ">=", -0.05),
+        (
+            "unlikelihood on every negative token - CUT, final flawed (smallest gap)",
+            min(a - c for a, c in zip(final["CUT without token detection"], final["CUT"])),
+            ">",
+            0.0,
+        ),
+        (
+            "CUT with judged spans final flawed / filtered SFT final flawed (worst seed)",
+            max(c / max(f, 1e-9) for c, f in zip(final["CUT with judged spans"], final["filtered SFT"])),
+            "<=",
+            0.6,
+        ),
+        (
+            "Hindsight final - base flawed rate (lowest)",
+            min(h - b for h, b in zip(final["Hindsight"], base)),
+            ">=",
+            -0.05,
+        ),
         *detection_checks(res, seeds, threshold, p_forbidden, f"p = {p_forbidden}"),
     ]

@@ -18,20 +18,34 @@ import numpy as np
 import torch
 
 from alignloop.judges.rules import BannedPhrases, Regex, RulesJudge, RulesJudgeConfig
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.model import render_prompt
 from alignloop.policies.objectives.base import Example
 from alignloop.policies.objectives.cut import judgment_messages
 from alignloop.policies.objectives.options import DEFAULT_JUDGMENT_TEMPLATE
 from alignloop.policies.tiny import build_tiny_model
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 GOOD = ["sun", "tree", "bird", "stone"]
 # Many forbidden words, so that naming one makes it far more likely (a ratio >= 5.9, see
 # repro_cut.THRESHOLD). None is a substring of another answer word: BannedPhrases matches
 # substrings (whole_words off, so its sentence says "phrase", as the critique wording below).
 FORBIDDEN = [
-    "bad", "ugly", "dumb", "evil", "rude", "vile", "lazy", "mean",
-    "cold", "dull", "weak", "sick", "grim", "foul", "sour", "dark",
+    "bad",
+    "ugly",
+    "dumb",
+    "evil",
+    "rude",
+    "vile",
+    "lazy",
+    "mean",
+    "cold",
+    "dull",
+    "weak",
+    "sick",
+    "grim",
+    "foul",
+    "sour",
+    "dark",
 ]
 LENGTH = 6
 MALFORMED = "The response is malformed."
@@ -48,10 +62,14 @@ def judge() -> RulesJudge:
     """Names each forbidden word used ('The response uses the banned phrases "bad", "evil".');
     an answer that is not six answer words (a degenerate model's output) is flawed too."""
     word = "(?:" + "|".join(GOOD + FORBIDDEN) + ")"
-    return RulesJudge(RulesJudgeConfig(checks=[
-        BannedPhrases(phrases=FORBIDDEN),
-        Regex(pattern=rf"^{word}(?: {word}){{{LENGTH - 1}}}$", must="match", message=MALFORMED),
-    ]))
+    return RulesJudge(
+        RulesJudgeConfig(
+            checks=[
+                BannedPhrases(phrases=FORBIDDEN),
+                Regex(pattern=rf"^{word}(?: {word}){{{LENGTH - 1}}}$", must="match", message=MALFORMED),
+            ]
+        )
+    )
 
 
 def prompt(pid: str, topic: str) -> Prompt:
@@ -88,8 +106,9 @@ def build_base(out_dir: Path, seed: int = 0, hidden: int = 64, init_std: float =
     return out_dir
 
 
-def pretrain(model_dir: Path, p_forbidden: float, steps: int, seed: int = 0, batch: int = 32,
-             lr: float = 3e-3, log=print) -> float:
+def pretrain(
+    model_dir: Path, p_forbidden: float, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3, log=print
+) -> float:
     """Full-parameter training (plain torch loop, AdamW, one-cycle schedule) on the task's
     answers, half under the plain prompt and half under the prompt carrying their judgment,
     saved in place. Returns the mean loss of the last 10% of steps."""
@@ -118,7 +137,7 @@ def pretrain(model_dir: Path, p_forbidden: float, steps: int, seed: int = 0, bat
         if (step + 1) % max(1, steps // 4) == 0:
             log(f"  pretrain p={p_forbidden}: step {step + 1}/{steps}, loss {np.mean(losses[-50:]):.3f}")
     model.save_pretrained(model_dir)
-    return float(np.mean(losses[-max(1, steps // 10):]))
+    return float(np.mean(losses[-max(1, steps // 10) :]))
 
 
 def sequence(tok, rules: RulesJudge, p_forbidden: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -129,8 +148,9 @@ def sequence(tok, rules: RulesJudge, p_forbidden: float, rng: np.random.Generato
     messages = p.messages
     if rng.random() < 0.5:  # judgment-conditioned, as CUT and Hindsight render it (their default template)
         critique = rules.judge_one(p, sample).critique
-        messages = judgment_messages(Example(p, sample, Judgment(sample_id="pre", judge="rules")),
-                                     DEFAULT_JUDGMENT_TEMPLATE, critique)
+        messages = judgment_messages(
+            Example(p, sample, Judgment(sample_id="pre", judge="rules")), DEFAULT_JUDGMENT_TEMPLATE, critique
+        )
     context = render_prompt(tok, messages)
     response = tok(sample.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return context + response, [-100] * len(context) + response

@@ -37,9 +37,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["bandit", "cut"], help="run one suite (default: both)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every check must hold for each")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the fastest on a shared 2-core machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the fastest on a shared 2-core machine)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: tests the plumbing, not the findings")
-    parser.add_argument("--readme", type=Path, help="write the report into this Markdown page (docs/reproduction.md) between the reproduce markers")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="write the report into this Markdown page (docs/reproduction.md) between the reproduce markers",
+    )
     args = parser.parse_args(argv)
     if args.readme and (args.smoke or args.only):
         parser.error("--readme takes the full report: drop --smoke and --only")
@@ -87,13 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             s = repro_cut.Settings(rounds=1, prompts=4, k=2, eval_prompts=4, pretrain_steps=4, easy_steps=2)
         with tempfile.TemporaryDirectory(prefix="alignloop-repro-") as tmp:
-            failed += report("cut", *repro_cut.run(args.seeds, s, Path(tmp), log=lambda m: print(m, flush=True)),
-                             printed)
+            failed += report(
+                "cut", *repro_cut.run(args.seeds, s, Path(tmp), log=lambda m: print(m, flush=True)), printed
+            )
     wall = f"wall time: {time.perf_counter() - start:.0f} s ({args.threads} torch thread(s))"
     print(f"\n{wall}")
     print("ALL CHECKS PASS" if not failed else f"{failed} CHECK(S) FAILED")
     if args.readme:
-        block = "\n\n".join(printed) + f"\n\nSeeds {args.seeds}; {wall}, {'all checks pass' if not failed else f'{failed} check(s) FAILED'}.\n"
+        block = (
+            "\n\n".join(printed)
+            + f"\n\nSeeds {args.seeds}; {wall}, {'all checks pass' if not failed else f'{failed} check(s) FAILED'}.\n"
+        )
         write_readme(args.readme, block)
         print(f"wrote the report into {args.readme}")
     return 1 if failed else 0

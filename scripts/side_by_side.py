@@ -14,8 +14,9 @@ from pathlib import Path
 from alignloop.loop.config import load_config
 
 
-def run_variants(config: str | Path, variants: dict[str, list[str]], out: Path, common: list[str] = (),
-                 overwrite: bool = False) -> tuple[dict[str, list[dict]], dict[str, float]]:
+def run_variants(
+    config: str | Path, variants: dict[str, list[str]], out: Path, common: list[str] = (), overwrite: bool = False
+) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Per variant: its per-iteration metrics and its wall time. `overwrite` starts each run
     over; otherwise a finished run is read back and an unfinished one resumed."""
     from alignloop.loop.run import run
@@ -41,8 +42,7 @@ def table(results: dict[str, list[dict]], key: str) -> str:
     return "\n".join(lines)
 
 
-def report(results: dict[str, list[dict]], wall: dict[str, float], tables: dict[str, str], out: Path,
-           **extra) -> None:
+def report(results: dict[str, list[dict]], wall: dict[str, float], tables: dict[str, str], out: Path, **extra) -> None:
     """Print one table per metric (key -> caption) and the wall times; save all in out/summary.json."""
     for key, caption in tables.items():
         print(f"\n{caption}\n")

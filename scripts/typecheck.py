@@ -36,10 +36,15 @@ def main() -> int:
         root = Path(tmp)
         build_tree(root)
         cmd = [
-            sys.executable, "-m", "mypy",
-            "--config-file", str(REPO / "pyproject.toml"),
-            "--cache-dir", str(REPO / ".mypy_cache"),
-            "-p", "alignloop",
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(REPO / "pyproject.toml"),
+            "--cache-dir",
+            str(REPO / ".mypy_cache"),
+            "-p",
+            "alignloop",
         ]
         # The subprocess writes straight to this process's stdout and stderr.
         return subprocess.run(cmd, cwd=root).returncode

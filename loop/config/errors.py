@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from alignloop.loop.config.schema import RunConfig
+
 # ConfigError lives at the bottom layer (records) so that judges and policies can raise it too.
 from alignloop.records.errors import ConfigError  # noqa: F401 - re-exported: loop.config.ConfigError
 

@@ -3,8 +3,8 @@ the schema; every problem is a ConfigError that says what to set."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 from pydantic import ValidationError
@@ -37,4 +37,4 @@ def validate_config(raw: dict, source: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         lines = [format_error(err, raw) for err in e.errors()]
-        raise ConfigError(f"{source}: {len(lines)} error(s)\n" + "\n".join(f"  {l}" for l in lines)) from None
+        raise ConfigError(f"{source}: {len(lines)} error(s)\n" + "\n".join(f"  {line}" for line in lines)) from None

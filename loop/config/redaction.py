@@ -20,8 +20,7 @@ def redact(data: Any) -> Any:
     variable (the safe way to pass a key) and are kept."""
     if isinstance(data, dict):
         return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
-            for k, v in data.items()
+            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in data.items()
         }
     if isinstance(data, list):
         return [redact(v) for v in data]

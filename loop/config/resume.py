@@ -30,7 +30,11 @@ def resume_conflicts(saved: dict, config: RunConfig) -> list[str]:
     except ValidationError:
         pass  # a config this version cannot read: compare as saved, field by field
     keys = sorted(set(saved) | set(new))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and without_placement(k, saved.get(k)) != without_placement(k, new.get(k))]
+    return [
+        k
+        for k in keys
+        if k not in RESUMABLE_CHANGES and without_placement(k, saved.get(k)) != without_placement(k, new.get(k))
+    ]
 
 
 def without_placement(section: str, value):

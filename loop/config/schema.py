@@ -75,7 +75,9 @@ class DataConfig(Strict):
 
 
 class SamplerConfig(Strict):
-    backend: Literal["hf", "vllm"] = Field("hf", description="Sampling backend (hf: transformers; vllm: a vLLM engine).")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Sampling backend (hf: transformers; vllm: a vLLM engine)."
+    )
     replicas: int = Field(1, gt=0, description="Sampler actors; each batch is split between them.")
     samples_per_prompt: int = Field(4, gt=0, description="Responses per prompt (k).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
@@ -85,11 +87,19 @@ class SamplerConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per sampler actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per sampler actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).",
+    )
     merge_adapter: bool = Field(
-        True, description="hf: serve the LoRA merged into the weights (faster sampling in bfloat16 on CPU, within noise in float32; the adapted "
-        "layers' base weights are kept once more, to swap versions exactly); false: apply it unmerged.")
-    vllm: VLLMSamplerOptions | None = Field(None, description="vLLM engine options (backend: vllm; None: the defaults).")
+        True,
+        description="hf: serve the LoRA merged into the weights (faster sampling in bfloat16 on CPU, within noise in float32; the adapted "
+        "layers' base weights are kept once more, to swap versions exactly); false: apply it unmerged.",
+    )
+    vllm: VLLMSamplerOptions | None = Field(
+        None, description="vLLM engine options (backend: vllm; None: the defaults)."
+    )
 
     @property
     def engine(self) -> VLLMSamplerOptions:
@@ -98,7 +108,7 @@ class SamplerConfig(Strict):
         return self.vllm or VLLMSamplerOptions()
 
     @model_validator(mode="after")
-    def _vllm_options_need_vllm(self) -> "SamplerConfig":
+    def _vllm_options_need_vllm(self) -> SamplerConfig:
         if self.vllm is not None and self.backend != "vllm":
             raise ValueError(
                 f"sampler.vllm is set but sampler.backend is {self.backend!r}; "
@@ -124,8 +134,10 @@ class JudgingConfig(Strict):
         0.2, ge=0, le=1, description="Stop the run when more than this fraction of judgments fail."
     )
     streaming: bool = Field(
-        True, description="Judge each chunk as soon as its samples are sampled, while sampling goes on (the same "
-        "chunks, so the same judgments, as judging after sampling); false: one phase after the other.")
+        True,
+        description="Judge each chunk as soon as its samples are sampled, while sampling goes on (the same "
+        "chunks, so the same judgments, as judging after sampling); false: one phase after the other.",
+    )
 
 
 class LearnerConfig(Strict):
@@ -141,16 +153,23 @@ class LearnerConfig(Strict):
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass (gradient accumulation).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
     logprob_check_rows: int = Field(
-        4, ge=0, description="Rows per iteration on which the sampler's log-probs are checked against the "
-        "learner's (old_logprob_gap); the others use the sampler's without a second forward pass.")
+        4,
+        ge=0,
+        description="Rows per iteration on which the sampler's log-probs are checked against the "
+        "learner's (old_logprob_gap); the others use the sampler's without a second forward pass.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learner trains.")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner actor.")
     resources: Resources = Field(default_factory=dict, description=RESOURCES_HELP)
-    threads: int | None = Field(None, gt=0, description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).",
+    )
 
     @model_validator(mode="after")
-    def _micro_divides(self) -> "LearnerConfig":
+    def _micro_divides(self) -> LearnerConfig:
         if self.minibatch_size % self.micro_batch_size:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size "
@@ -161,10 +180,13 @@ class LearnerConfig(Strict):
 
 class AsyncConfig(Strict):
     max_staleness: int = Field(
-        0, ge=0, description="0: each iteration samples from the adapter the previous one learned. N >= 1: the "
+        0,
+        ge=0,
+        description="0: each iteration samples from the adapter the previous one learned. N >= 1: the "
         "samplers run up to N iterations ahead of the learner (iteration i samples from the adapter of iteration "
         "i-1-N while the learner trains i-1); the importance ratio of ppo/grpo corrects for the lag, sampling waits "
-        "rather than lag more (back-pressure), and a run is reproducible and resumable as a synchronous one.")
+        "rather than lag more (back-pressure), and a run is reproducible and resumable as a synchronous one.",
+    )
 
 
 class RayConfig(Strict):
@@ -172,18 +194,25 @@ class RayConfig(Strict):
     dashboard: bool = Field(False, description="Start the Ray dashboard (local instance only, on 127.0.0.1).")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local instance (None: all).")
     actor_restart_timeout_s: float = Field(
-        300, gt=0, description="How long a restarted sampler (it loads the model again) may take to answer before "
-        "the run counts it as gone (its node may have left the cluster).")
+        300,
+        gt=0,
+        description="How long a restarted sampler (it loads the model again) may take to answer before "
+        "the run counts it as gone (its node may have left the cluster).",
+    )
 
 
 class WandbOptions(Strict):
     project: str = Field("alignloop", description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (team or user; None: your default).")
-    mode: Literal["offline", "online"] = Field("offline", description="offline writes local files (`wandb sync` uploads them).")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes local files (`wandb sync` uploads them)."
+    )
 
 
 class MlflowOptions(Strict):
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (None: a local file store in the tracking dir).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (None: a local file store in the tracking dir)."
+    )
     experiment: str = Field("alignloop", description="MLflow experiment name.")
 
 
@@ -191,13 +220,15 @@ class TrackingConfig(Strict):
     backends: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         ["tensorboard"], description="Where per-iteration metrics go ([]: nowhere but metrics.jsonl)."
     )
-    dir: str | None = Field(None, description="Tracking files (None: <run_dir>/tracking; a series': <series_dir>/tracking).")
+    dir: str | None = Field(
+        None, description="Tracking files (None: <run_dir>/tracking; a series': <series_dir>/tracking)."
+    )
     samples: int = Field(8, ge=0, description="Sample responses with their judgments logged per iteration as a table.")
     wandb: WandbOptions = Field(default_factory=WandbOptions, description="Weights & Biases options.")
     mlflow: MlflowOptions = Field(default_factory=MlflowOptions, description="MLflow options.")
 
     @model_validator(mode="after")
-    def _no_repeats(self) -> "TrackingConfig":
+    def _no_repeats(self) -> TrackingConfig:
         if len(set(self.backends)) != len(self.backends):
             raise ValueError(f"tracking.backends lists a backend twice ({self.backends}); list each once")
         return self
@@ -207,14 +238,20 @@ class EvalConfig(Strict):
     path: str = Field(description="Held-out prompts: a file, a directory or a glob (never trained on).")
     samples_per_prompt: int = Field(2, gt=0, description="Responses per eval prompt.")
     metric: Literal["pass_rate", "mean_score"] = Field("pass_rate", description="What the gate compares.")
-    margin: float = Field(0.0, ge=0, description="Promote unless the candidate is worse than the promoted adapter by more than this.")
+    margin: float = Field(
+        0.0, ge=0, description="Promote unless the candidate is worse than the promoted adapter by more than this."
+    )
     judge: JudgeConfig | None = Field(None, description="The eval's own judge (None: the run's judge).")
 
 
 class RoundConfig(Strict):
     series_dir: str | None = Field(None, description="The series directory (None: runs/<name>).")
-    max_prompts: int | None = Field(None, gt=0, description="New prompts a round trains on at most (None: all new ones).")
-    fresh_optimizer: bool = Field(False, description="Start each round's optimizer afresh instead of from the promoted adapter's.")
+    max_prompts: int | None = Field(
+        None, gt=0, description="New prompts a round trains on at most (None: all new ones)."
+    )
+    fresh_optimizer: bool = Field(
+        False, description="Start each round's optimizer afresh instead of from the promoted adapter's."
+    )
     eval: EvalConfig | None = Field(None, description="The promotion gate (None: every finished round is promoted).")
 
 
@@ -229,19 +266,25 @@ class RunConfig(Strict):
     judge: JudgeConfig = Field(description="The judge backend, chosen by `type`.")
     judging: JudgingConfig = Field(default_factory=JudgingConfig, description="The judge actors and error budget.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Objective and optimisation.")
-    asynchronous: AsyncConfig = Field(default_factory=AsyncConfig, description="Sampling ahead of the learner (off by default).")
+    asynchronous: AsyncConfig = Field(
+        default_factory=AsyncConfig, description="Sampling ahead of the learner (off by default)."
+    )
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the actors run.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking: TensorBoard, W&B, MLflow.")
-    round: RoundConfig = Field(default_factory=RoundConfig, description="Nightly rounds (`alignloop round`): series, new prompts, gate.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking: TensorBoard, W&B, MLflow."
+    )
+    round: RoundConfig = Field(
+        default_factory=RoundConfig, description="Nightly rounds (`alignloop round`): series, new prompts, gate."
+    )
 
     @model_validator(mode="after")
-    def _name_is_a_directory_name(self) -> "RunConfig":
+    def _name_is_a_directory_name(self) -> RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ValueError(f"name {self.name!r} must use only letters, digits, '.', '_' and '-'")
         return self
 
     @model_validator(mode="after")
-    def _lora_fits_the_engine(self) -> "RunConfig":
+    def _lora_fits_the_engine(self) -> RunConfig:
         rank = self.sampler.engine.max_lora_rank
         if self.sampler.backend == "vllm" and self.model.lora.r > rank:
             raise ValueError(
@@ -251,7 +294,7 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _objective_has_what_it_compares(self) -> "RunConfig":
+    def _objective_has_what_it_compares(self) -> RunConfig:
         need, k = self.learner.objective.min_samples_per_prompt, self.sampler.samples_per_prompt
         if k < need:
             raise ValueError(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from alignloop.loop.roles.protocols import JudgeChunk, actor_error
 from alignloop.records import Judgment, Prompt, Sample
@@ -53,8 +54,14 @@ def judge_name(judge_cfg: Any) -> str:
     return getattr(judge_cfg, "name", None) or judge_cfg.type
 
 
-async def judge_queue(handles: list, queue: asyncio.Queue, total: int, in_flight: int, judge_name: str,
-                      on_done: Callable[[int], None] = lambda i: None) -> list[list[Judgment]]:
+async def judge_queue(
+    handles: list,
+    queue: asyncio.Queue,
+    total: int,
+    in_flight: int,
+    judge_name: str,
+    on_done: Callable[[int], None] = lambda i: None,
+) -> list[list[Judgment]]:
     """Judge `total` chunks that arrive on `queue` as (index, JudgeChunk), possibly while a
     producer is still making them (streaming); results come back in index order.
 
@@ -118,22 +125,24 @@ class JudgeWorkers:
     def __init__(self, handles: list, in_flight: int, name: str):
         self.handles, self.in_flight, self.name = handles, in_flight, name
 
-    def judge(self, chunks: list[JudgeChunk],
-              on_done: Callable[[int], None] = lambda i: None) -> tuple[list[list[Judgment]], dict[str, float]]:
+    def judge(
+        self, chunks: list[JudgeChunk], on_done: Callable[[int], None] = lambda i: None
+    ) -> tuple[list[list[Judgment]], dict[str, float]]:
         """The chunks' judgments, and the judges' usage over them (tokens, cost, requests;
         empty for judges that report none) as `judge_*` metrics."""
         return asyncio.run(self._judge(chunks, on_done))
 
-    async def _judge(self, chunks: list[JudgeChunk], on_done: Callable[[int], None]
-                     ) -> tuple[list[list[Judgment]], dict[str, float]]:
+    async def _judge(
+        self, chunks: list[JudgeChunk], on_done: Callable[[int], None]
+    ) -> tuple[list[list[Judgment]], dict[str, float]]:
         queue: asyncio.Queue = asyncio.Queue()
         for item in enumerate(chunks):
             queue.put_nowait(item)
         return await self.judge_queue(queue, len(chunks), on_done)
 
-    async def judge_queue(self, queue: asyncio.Queue, total: int,
-                          on_done: Callable[[int], None] = lambda i: None
-                          ) -> tuple[list[list[Judgment]], dict[str, float]]:
+    async def judge_queue(
+        self, queue: asyncio.Queue, total: int, on_done: Callable[[int], None] = lambda i: None
+    ) -> tuple[list[list[Judgment]], dict[str, float]]:
         """As judge(), for `total` chunks arriving on `queue` as (index, JudgeChunk) while judging runs."""
         parts = await judge_queue(self.handles, queue, total, self.in_flight, self.name, on_done)
         reports = await asyncio.gather(*(h.take_usage.remote() for h in self.handles), return_exceptions=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
 
@@ -80,8 +80,13 @@ class LocalLearner:
     def __init__(self, learner):
         self.handle = LocalHandle(learner)
 
-    def learn(self, examples: list[Example], iteration: int, version: int | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    def learn(
+        self,
+        examples: list[Example],
+        iteration: int,
+        version: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
         metrics = self.handle.learn.remote(examples, iteration, version).result()
         if on_progress:
             on_progress(*self.handle.progress.remote().result())
@@ -107,14 +112,18 @@ class LocalRoles:
 
         self.cfg = cfg
         cls = sampler_class(cfg.sampler.backend)
-        self.samplers = SamplerReplicas([LocalHandle(cls(cfg.model, cfg.sampler)) for _ in range(cfg.sampler.replicas)],
-                                        LocalCalls())
+        self.samplers = SamplerReplicas(
+            [LocalHandle(cls(cfg.model, cfg.sampler)) for _ in range(cfg.sampler.replicas)], LocalCalls()
+        )
         self.judges = self.judges_for(cfg.judge)
         self.learner = LocalLearner(Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
     def judges_for(self, judge_cfg) -> JudgeWorkers:
-        return JudgeWorkers([LocalHandle(JudgeWorker(judge_cfg)) for _ in range(self.cfg.judging.actors)],
-                            self.cfg.judging.in_flight, judge_name(judge_cfg))
+        return JudgeWorkers(
+            [LocalHandle(JudgeWorker(judge_cfg)) for _ in range(self.cfg.judging.actors)],
+            self.cfg.judging.in_flight,
+            judge_name(judge_cfg),
+        )
 
     def placement(self) -> dict:
         return {}  # one process: nothing to place

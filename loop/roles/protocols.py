@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.objectives.base import Example
@@ -76,8 +77,9 @@ class SamplerPool(Publication, Protocol):
     """Sampler replicas that sample from the published adapter and never from another: a
     replica that lost it (e.g. restarted) gets it again before its chunk is sampled."""
 
-    def generate(self, chunks: list[SampleChunk],
-                 on_done: Callable[[int, list[Sample]], None] = ...) -> list[list[Sample]]: ...
+    def generate(
+        self, chunks: list[SampleChunk], on_done: Callable[[int, list[Sample]], None] = ...
+    ) -> list[list[Sample]]: ...
 
     def close(self) -> None: ...
 
@@ -87,18 +89,25 @@ class JudgePool(Protocol):
 
     name: str
 
-    def judge(self, chunks: list[JudgeChunk],
-              on_done: Callable[[int], None] = ...) -> tuple[list[list[Judgment]], dict[str, float]]: ...
+    def judge(
+        self, chunks: list[JudgeChunk], on_done: Callable[[int], None] = ...
+    ) -> tuple[list[list[Judgment]], dict[str, float]]: ...
 
-    async def judge_queue(self, queue: asyncio.Queue, total: int,
-                          on_done: Callable[[int], None] = ...) -> tuple[list[list[Judgment]], dict[str, float]]: ...
+    async def judge_queue(
+        self, queue: asyncio.Queue, total: int, on_done: Callable[[int], None] = ...
+    ) -> tuple[list[list[Judgment]], dict[str, float]]: ...
 
 
 class LearnerRole(Protocol):
     """The learner: one call per iteration; progress reported without a call per step."""
 
-    def learn(self, examples: list[Example], iteration: int, version: int | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]: ...
+    def learn(
+        self,
+        examples: list[Example],
+        iteration: int,
+        version: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]: ...
 
     def export(self) -> Exported: ...
 

@@ -3,7 +3,8 @@ resources the config asks for, behind the Protocols of loop/roles/protocols.py."
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray.util.placement_group import remove_placement_group
@@ -32,11 +33,18 @@ class RayLearner:
         try:
             return self.calls.get(ref)
         except ActorLost as e:
-            raise ActorLost(f"the learner actor died during {method}() ({e}); the run stopped there, with "
-                            "every finished step saved: run the same command with --resume to continue") from None
+            raise ActorLost(
+                f"the learner actor died during {method}() ({e}); the run stopped there, with "
+                "every finished step saved: run the same command with --resume to continue"
+            ) from None
 
-    def learn(self, examples: list[Example], iteration: int, version: int | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    def learn(
+        self,
+        examples: list[Example],
+        iteration: int,
+        version: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
         ref = self.handle.learn.remote(examples, iteration, version)
         while on_progress and not ray.wait([ref], timeout=PROGRESS_POLL_S)[0]:
             on_progress(*self._get("progress", self.handle.progress.remote()))
@@ -67,31 +75,47 @@ class RayRoles:
         self.placement_groups = [group for _, group in placed if group is not None]
         self.samplers = SamplerReplicas(
             [sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed],
-            RayCalls(), answer_timeout_s=cfg.ray.actor_restart_timeout_s)
+            RayCalls(),
+            answer_timeout_s=cfg.ray.actor_restart_timeout_s,
+        )
         self.judges = self.judges_for(cfg.judge)
         # Two threads: one trains, the other answers progress() while it does.
-        learner_cls = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus,
-                                                  resources=cfg.learner.resources or None, runtime_env=ACTOR_ENV,
-                                                  max_concurrency=2)
+        learner_cls = ray.remote(Learner).options(
+            num_cpus=cfg.learner.num_cpus,
+            num_gpus=cfg.learner.num_gpus,
+            resources=cfg.learner.resources or None,
+            runtime_env=ACTOR_ENV,
+            max_concurrency=2,
+        )
         self.learner = RayLearner(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
 
     def judges_for(self, judge_cfg) -> JudgeWorkers:
         """JudgeWorker actors for one judge config (the run's, or an evaluation's own)."""
         judging = self.cfg.judging
-        judge_cls = ray.remote(JudgeWorker).options(num_cpus=judging.num_cpus, num_gpus=judging.num_gpus,
-                                                    max_restarts=1, resources=judging.resources or None,
-                                                    runtime_env=ACTOR_ENV)
-        pool = JudgeWorkers([judge_cls.remote(judge_cfg) for _ in range(judging.actors)], judging.in_flight,
-                            judge_name(judge_cfg))
+        judge_cls = ray.remote(JudgeWorker).options(
+            num_cpus=judging.num_cpus,
+            num_gpus=judging.num_gpus,
+            max_restarts=1,
+            resources=judging.resources or None,
+            runtime_env=ACTOR_ENV,
+        )
+        pool = JudgeWorkers(
+            [judge_cls.remote(judge_cfg) for _ in range(judging.actors)], judging.in_flight, judge_name(judge_cfg)
+        )
         self.judge_pools.append(pool)
         return pool
 
     def describe(self) -> str:
         """What is starting and how long it usually takes (measured on a 2-core CPU)."""
-        wait = {"hf": "about 5-20 s on a CPU", "vllm": "a vLLM engine: about 35 s on a CPU, longer for a large model on a GPU"}
-        return (f"{len(self.samplers.handles)} sampler(s) ({self.cfg.sampler.backend}), "
-                f"{len(self.judges.handles)} judge actor(s) and the learner; loading the model takes "
-                f"{wait[self.cfg.sampler.backend]}")
+        wait = {
+            "hf": "about 5-20 s on a CPU",
+            "vllm": "a vLLM engine: about 35 s on a CPU, longer for a large model on a GPU",
+        }
+        return (
+            f"{len(self.samplers.handles)} sampler(s) ({self.cfg.sampler.backend}), "
+            f"{len(self.judges.handles)} judge actor(s) and the learner; loading the model takes "
+            f"{wait[self.cfg.sampler.backend]}"
+        )
 
     def handles(self) -> list:
         return [*self.samplers.handles, *(h for pool in self.judge_pools for h in pool.handles), self.learner.handle]
@@ -102,8 +126,9 @@ class RayRoles:
         ray.get([h.__ray_ready__.remote() for h in self.handles()])
 
     def placement(self) -> dict:
-        return node_placement({"samplers": self.samplers.handles, "judges": self.judges.handles,
-                               "learner": [self.learner.handle]})
+        return node_placement(
+            {"samplers": self.samplers.handles, "judges": self.judges.handles, "learner": [self.learner.handle]}
+        )
 
     def shutdown(self) -> None:
         self.samplers.close()

@@ -75,8 +75,13 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
     in each bundle."""
     tp = sampler.engine.tensor_parallel_size
     if tp == 1:
-        return dict(num_cpus=sampler.num_cpus, num_gpus=sampler.num_gpus, max_restarts=1,
-                    resources=sampler.resources or None, runtime_env=ACTOR_ENV), None
+        return dict(
+            num_cpus=sampler.num_cpus,
+            num_gpus=sampler.num_gpus,
+            max_restarts=1,
+            resources=sampler.resources or None,
+            runtime_env=ACTOR_ENV,
+        ), None
     first = {"GPU": 1, **({"CPU": sampler.num_cpus} if sampler.num_cpus else {}), **sampler.resources}
     group = placement_group([first] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
     try:
@@ -90,21 +95,26 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
     strategy = PlacementGroupSchedulingStrategy(
         placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
     )
-    return dict(num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy,
-                runtime_env=ACTOR_ENV), group
+    return dict(
+        num_cpus=sampler.num_cpus, num_gpus=0, max_restarts=1, scheduling_strategy=strategy, runtime_env=ACTOR_ENV
+    ), group
 
 
 def node_placement(groups: dict[str, list]) -> dict:
     """The Ray node id each actor runs on, per group, asked of the actors themselves, and each
     node's custom resources, so a line says which node is which."""
+
     def node_of(handle):
         return handle.__ray_call__.remote(lambda actor: ray.get_runtime_context().get_node_id())
 
     refs = {group: [node_of(h) for h in handles] for group, handles in groups.items()}
     nodes = {n["NodeID"]: n for n in ray.nodes()}
     out: dict[str, Any] = {group: ray.get(r) for group, r in refs.items()}
-    out["nodes"] = {nid: sorted(k for k in nodes[nid]["Resources"] if not is_builtin_resource(k))
-                    for nid in sorted({n for ids in out.values() for n in ids}) if nid in nodes}
+    out["nodes"] = {
+        nid: sorted(k for k in nodes[nid]["Resources"] if not is_builtin_resource(k))
+        for nid in sorted({n for ids in out.values() for n in ids})
+        if nid in nodes
+    }
     return out
 
 

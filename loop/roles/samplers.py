@@ -5,7 +5,8 @@ version, a replica that died or lost its adapter recovered without losing its ch
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from alignloop.loop.roles.protocols import ActorLost, Exported, SampleChunk
 from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
@@ -57,9 +58,12 @@ class SamplerReplicas:
         try:
             return self.calls.get(futures, timeout=self.timeout)
         except ActorLost as e:
-            raise ActorLost(f"a sampler actor died or stopped answering ({e}); every finished step is saved: "
-                            "run the same command with --resume (on a cluster, once its nodes are back, or "
-                            "with sampler.resources that the remaining nodes offer)", e.restarting) from None
+            raise ActorLost(
+                f"a sampler actor died or stopped answering ({e}); every finished step is saved: "
+                "run the same command with --resume (on a cluster, once its nodes are back, or "
+                "with sampler.resources that the remaining nodes offer)",
+                e.restarting,
+            ) from None
 
     @staticmethod
     def _check(served, payload: AdapterPayload) -> None:
@@ -71,8 +75,9 @@ class SamplerReplicas:
                 )
 
     # sampling ------------------------------------------------------------------------------
-    def generate(self, chunks: list[SampleChunk],
-                 on_done: Callable[[int, list[Sample]], None] = lambda i, part: None) -> list[list[Sample]]:
+    def generate(
+        self, chunks: list[SampleChunk], on_done: Callable[[int, list[Sample]], None] = lambda i, part: None
+    ) -> list[list[Sample]]:
         """Every chunk's samples, in chunk order; `on_done(i, samples)` as each finishes.
 
         A replica that dies mid-chunk is restarted by Ray (max_restarts): it gets the adapter
@@ -86,8 +91,11 @@ class SamplerReplicas:
         todo = {i: self.live[i % len(self.live)] for i in range(len(chunks))}
         retried: set[int] = set()
         while todo:
-            futures = {i: self.handles[k].generate.remote(c.prompts, c.step, c.seed, c.n, expect)
-                       for i, k in todo.items() for c in [chunks[i]]}
+            futures = {
+                i: self.handles[k].generate.remote(c.prompts, c.step, c.seed, c.n, expect)
+                for i, k in todo.items()
+                for c in [chunks[i]]
+            }
             replica, todo = dict(todo), {}
             for i, result in self.calls.each_settled(futures):
                 if not isinstance(result, (ActorLost, AdapterMismatch)):
@@ -95,8 +103,10 @@ class SamplerReplicas:
                     on_done(i, result)
                     continue
                 if i in retried:
-                    raise ActorLost(f"sampler {replica[i]} failed twice on the same chunk ({result}); run the "
-                                    "same command with --resume to continue") from None
+                    raise ActorLost(
+                        f"sampler {replica[i]} failed twice on the same chunk ({result}); run the "
+                        "same command with --resume to continue"
+                    ) from None
                 retried.add(i)
                 todo[i] = self.recover(replica[i], result)
         return results
@@ -109,8 +119,11 @@ class SamplerReplicas:
         while k in self.live:
             try:
                 self._reload(k)
-                print(f"sampler {k} lost its adapter ({error}); serving adapter v{self.adapter.payload.version} "
-                      "again, retrying its chunk", flush=True)
+                print(
+                    f"sampler {k} lost its adapter ({error}); serving adapter v{self.adapter.payload.version} "
+                    "again, retrying its chunk",
+                    flush=True,
+                )
                 return k
             except ActorLost as e:
                 if not e.restarting or time.monotonic() > deadline:
@@ -118,8 +131,9 @@ class SamplerReplicas:
                 else:
                     time.sleep(0.5)  # Ray is restarting it; calls fail fast until it is back
         if not self.live:
-            raise ActorLost(f"every sampler actor has died (last: {error}); run the same command with --resume "
-                            "to continue")
+            raise ActorLost(
+                f"every sampler actor has died (last: {error}); run the same command with --resume to continue"
+            )
         print(f"sampler {k} is gone ({error}); its chunk goes to sampler {self.live[0]}", flush=True)
         return self.live[0]
 

@@ -4,7 +4,7 @@ sampling and judging run ahead of the learner on a second thread). Both call the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from alignloop.loop.config import RunConfig
 from alignloop.loop.roles.protocols import Exported

@@ -58,7 +58,9 @@ def rloo_advantages(examples: list[Example]) -> dict[str, int]:
     return group_counts(groups)
 
 
-def group_normalized_advantages(examples: list[Example], scale_by_std: bool = True, eps: float = 1e-6) -> dict[str, int]:
+def group_normalized_advantages(
+    examples: list[Example], scale_by_std: bool = True, eps: float = 1e-6
+) -> dict[str, int]:
     """GRPO: (r_i - mean) / (std + eps) within the prompt's group; std is the sample std
     (n-1), as the GRPO reference implementations use. scale_by_std=False keeps r_i - mean
     (Dr. GRPO), which does not up-weight prompts that are nearly solved or nearly hopeless.
@@ -113,13 +115,13 @@ def prompt_pairs(g: list[Example], mode: str, min_gap: float) -> list[tuple[Exam
         candidates = [(i, j) for i in range(len(rows)) for j in range(len(rows)) if keys[i] > keys[j]]
     need = min_gap if scored else 0.0
     return [
-        (rows[i], rows[j], keys[i] - keys[j])
-        for i, j in candidates
-        if keys[i] > keys[j] and keys[i] - keys[j] >= need
+        (rows[i], rows[j], keys[i] - keys[j]) for i, j in candidates if keys[i] > keys[j] and keys[i] - keys[j] >= need
     ]
 
 
-def build_pairs(examples: list[Example], mode: str = "best_vs_worst", min_gap: float = 0.0) -> tuple[list[Example], dict]:
+def build_pairs(
+    examples: list[Example], mode: str = "best_vs_worst", min_gap: float = 0.0
+) -> tuple[list[Example], dict]:
     """Rows ordered chosen, rejected, chosen, rejected, ... Each row is a copy carrying
     `chosen` (True or False) and `gap`, because in mode `all` one sample can be the
     chosen side of one pair and the rejected side of another."""

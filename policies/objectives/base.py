@@ -103,8 +103,10 @@ class Objective:
             values = [getattr(e, name) for e in rows]
             if None in values:
                 e = rows[values.index(None)]
-                raise ValueError(f"{type(self).__name__} reads {name!r} but row {e.sample.id} has none: "
-                                 "select() must set it on every row it returns")
+                raise ValueError(
+                    f"{type(self).__name__} reads {name!r} but row {e.sample.id} has none: "
+                    "select() must set it on every row it returns"
+                )
             out[name] = torch.tensor([float(v) for v in values], device=device)
         return out
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alignloop.records import Message, merge_metrics
 from alignloop.policies.objectives.base import Context, Example, Objective, TrainBatch, sequence_mean
 from alignloop.policies.objectives.options import CUTOptions
+from alignloop.records import Message, merge_metrics
 
 EPS = 1e-5  # inside the log of 1 - p, which is 0 when p rounds to 1
 
@@ -99,12 +99,15 @@ def cut_loss(batch: TrainBatch, options: CUTOptions) -> tuple[torch.Tensor, dict
     positive_loss = -sequence_mean(lp_plain, mask)  # (B,) Align-P
     per_row = torch.where(neg.bool(), negative_loss, positive_loss)
     neg_tokens = (mask * neg[:, None]).sum()
-    return per_row.mean(), merge_metrics({
-        "detected_fraction": (inappropriate.sum() / neg_tokens.clamp(min=1)).item(),
-        "unlikelihood_part": ((unlikelihood * inappropriate).sum() / neg_tokens.clamp(min=1)).item(),
-        "likelihood_part": (-(lp_plain * mask * (1 - inappropriate)).sum() / mask.sum().clamp(min=1)).item(),
-        "align_n_nll": (align_n * neg).sum().item() / max(1.0, neg.sum().item()),
-    }, detection_metrics(batch, inappropriate, options))
+    return per_row.mean(), merge_metrics(
+        {
+            "detected_fraction": (inappropriate.sum() / neg_tokens.clamp(min=1)).item(),
+            "unlikelihood_part": ((unlikelihood * inappropriate).sum() / neg_tokens.clamp(min=1)).item(),
+            "likelihood_part": (-(lp_plain * mask * (1 - inappropriate)).sum() / mask.sum().clamp(min=1)).item(),
+            "align_n_nll": (align_n * neg).sum().item() / max(1.0, neg.sum().item()),
+        },
+        detection_metrics(batch, inappropriate, options),
+    )
 
 
 class CUT(Objective):
@@ -124,8 +127,10 @@ class CUT(Objective):
             e.negative = False
         no_critique = sum(e.judgment.verdict == "negative" and not e.judgment.critique for e in examples)
         return negatives + positives, {
-            "n_train": len(negatives) + len(positives), "n_negative": len(negatives),
-            "n_positive": len(positives), "n_negative_without_critique": no_critique,
+            "n_train": len(negatives) + len(positives),
+            "n_negative": len(negatives),
+            "n_positive": len(positives),
+            "n_negative_without_critique": no_critique,
         }
 
     def context_messages(self, context: Context, example: Example):

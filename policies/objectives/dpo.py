@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import build_pairs
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch
 from alignloop.policies.objectives.options import DPOOptions
+from alignloop.records import merge_metrics
 
 
 def pair_margin(batch: TrainBatch) -> torch.Tensor:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import group_normalized_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean, sequence_mean
 from alignloop.policies.objectives.options import GRPOOptions
 from alignloop.policies.objectives.reinforce import with_signal
+from alignloop.records import merge_metrics
 
 
 def clipped_surrogate(
@@ -41,9 +41,7 @@ def grpo_loss(batch: TrainBatch, options: GRPOOptions) -> tuple[torch.Tensor, di
     token weighs the same, so long responses are not diluted)."""
     # GRPO declares `advantage` and needs_old_logprobs, and scores under the plain context
     assert batch.plain is not None and batch.old_logprobs is not None and batch.advantage is not None
-    per_token, ratio, active = clipped_surrogate(
-        batch.plain, batch.old_logprobs, batch.advantage, options.clip_eps
-    )
+    per_token, ratio, active = clipped_surrogate(batch.plain, batch.old_logprobs, batch.advantage, options.clip_eps)
     loss = AVERAGES[options.average](per_token, batch.mask)
     return loss, {
         "clip_frac": masked_mean(active.float(), batch.mask).item(),

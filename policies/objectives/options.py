@@ -8,14 +8,12 @@ To add an objective: a class here, its entry in `ObjectiveConfig`, its file, and
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_JUDGMENT_TEMPLATE = (
-    "{instruction}\n\n"
-    "Write a response that matches the following judgment of it.\n"
-    "Judgment: {judgment}"
+    "{instruction}\n\nWrite a response that matches the following judgment of it.\nJudgment: {judgment}"
 )
 
 
@@ -41,7 +39,9 @@ class CUTOptions(ObjectiveOptions):
     """Contrastive Unlikelihood Training (Xu et al. 2023): learn from natural-language judgments."""
 
     type: Literal["cut"] = "cut"
-    threshold: float = Field(1.1, ge=1.0, description="lambda: a token is inappropriate when p(y_t|x,j)/p(y_t|x) > this.")
+    threshold: float = Field(
+        1.1, ge=1.0, description="lambda: a token is inappropriate when p(y_t|x,j)/p(y_t|x) > this."
+    )
     unlikelihood_weight: float = Field(1.0, gt=0, description="alpha: weight of -log(1 - p) on inappropriate tokens.")
     downsample: float | None = Field(
         0.25, gt=0, description="Keep at most this x (number of negatives) positives (None: keep all)."
@@ -89,11 +89,16 @@ class GRPOOptions(ObjectiveOptions):
 
     min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["grpo"] = "grpo"
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps].")
-    average: Literal["sequence", "token"] = Field(
-        "sequence", description="sequence: mean over each response, then over rows (GRPO); token: over all tokens (DAPO)."
+    clip_eps: float = Field(
+        0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps]."
     )
-    scale_by_std: bool = Field(True, description="Divide by the group's reward std (False: Dr. GRPO, mean-centred only).")
+    average: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="sequence: mean over each response, then over rows (GRPO); token: over all tokens (DAPO).",
+    )
+    scale_by_std: bool = Field(
+        True, description="Divide by the group's reward std (False: Dr. GRPO, mean-centred only)."
+    )
     std_eps: float = Field(1e-6, gt=0, description="Added to the std before dividing.")
 
 
@@ -102,8 +107,12 @@ class PPOOptions(ObjectiveOptions):
 
     min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["ppo"] = "ppo"
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps].")
-    kl_coef: float = Field(0.05, ge=0, description="beta: weight of the per-token KL(pi || pi_ref) estimate in the loss.")
+    clip_eps: float = Field(
+        0.2, gt=0, lt=1, description="epsilon: the ratio pi/pi_old is clipped to [1 - eps, 1 + eps]."
+    )
+    kl_coef: float = Field(
+        0.05, ge=0, description="beta: weight of the per-token KL(pi || pi_ref) estimate in the loss."
+    )
 
 
 class DPOOptions(ObjectiveOptions):
@@ -111,7 +120,9 @@ class DPOOptions(ObjectiveOptions):
 
     min_samples_per_prompt: ClassVar[int] = 2
     type: Literal["dpo"] = "dpo"
-    loss: Literal["dpo", "ipo"] = Field("dpo", description="dpo: -log sigmoid(beta h); ipo: squared distance of h to a target.")
+    loss: Literal["dpo", "ipo"] = Field(
+        "dpo", description="dpo: -log sigmoid(beta h); ipo: squared distance of h to a target."
+    )
     beta: float = Field(0.1, gt=0, description="beta: DPO's inverse temperature; IPO's regulariser.")
     ipo_target: Literal["paper", "code"] = Field(
         "paper", description="IPO target for h: paper 1/(2 beta); code beta (the understanding-rlhf code)."
@@ -130,9 +141,14 @@ class RWROptions(ObjectiveOptions):
 
 
 ObjectiveConfig = Annotated[
-    Union[
-        SFTOptions, CUTOptions, HindsightOptions,
-        ReinforceOptions, RLOOOptions, GRPOOptions, PPOOptions, DPOOptions, RWROptions,
-    ],
+    SFTOptions
+    | CUTOptions
+    | HindsightOptions
+    | ReinforceOptions
+    | RLOOOptions
+    | GRPOOptions
+    | PPOOptions
+    | DPOOptions
+    | RWROptions,
     Field(discriminator="type"),
 ]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import rloo_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch, masked_mean
 from alignloop.policies.objectives.grpo import clipped_surrogate
 from alignloop.policies.objectives.options import PPOOptions
+from alignloop.records import merge_metrics
 
 
 def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import mean_baseline_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch
+from alignloop.records import merge_metrics
 
 
 def reinforce_loss(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignloop.records import merge_metrics
 from alignloop.policies.objectives.advantages import rloo_advantages
 from alignloop.policies.objectives.base import Example, Objective, TrainBatch
 from alignloop.policies.objectives.reinforce import reinforce_loss, with_signal
+from alignloop.records import merge_metrics
 
 
 class RLOO(Objective):

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load as load_safetensors
 
-from alignloop.records import Prompt, Sample
 from alignloop.policies.adapter import AdapterMismatch, AdapterPayload, check_serving
-from alignloop.policies.model import sampler_workdir, resolve_model_path, load_model, load_tokenizer, render_prompt, stop_token_ids
+from alignloop.policies.model import (
+    load_model,
+    load_tokenizer,
+    render_prompt,
+    resolve_model_path,
+    sampler_workdir,
+    stop_token_ids,
+)
+from alignloop.records import Prompt, Sample
 
 
 class HFSampler:
@@ -48,8 +55,11 @@ class HFSampler:
             self._adapter_config = payload.config
             # The base weights of the adapted layers, to go back to them exactly (subtracting
             # the old delta would drift, and a restarted replica would sample differently).
-            self._base = {m: m.get_base_layer().weight.detach().clone() for m in self._lora_layers()} \
-                if self.cfg.merge_adapter else {}
+            self._base = (
+                {m: m.get_base_layer().weight.detach().clone() for m in self._lora_layers()}
+                if self.cfg.merge_adapter
+                else {}
+            )
         elif payload.config != self._adapter_config:
             raise AdapterMismatch(f"adapter v{payload.version} has a different LoRA config than the one served")
         else:
@@ -78,8 +88,14 @@ class HFSampler:
 
     # sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None,
-                 adapter: tuple[int, str] | None = None) -> list[Sample]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        iteration: int,
+        seed: int,
+        n: int | None = None,
+        adapter: tuple[int, str] | None = None,
+    ) -> list[Sample]:
         """k = n (default samples_per_prompt) responses for every prompt, prompt-major order,
         from `adapter` (version, checksum) when given: a sampler serving another refuses.
         `seed` fixes the draw, so the same chunk gives the same samples on any replica."""

@@ -9,13 +9,13 @@ needs an `if __name__ == "__main__"` guard.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from alignloop.records import Prompt, Sample
 from alignloop.policies.adapter import AdapterPayload, check_serving
-from alignloop.policies.model import sampler_workdir, load_tokenizer, render_prompt, resolve_model_path
+from alignloop.policies.model import load_tokenizer, render_prompt, resolve_model_path, sampler_workdir
 from alignloop.policies.vllm_engine import build_engine, generate_ids, logprobs_mode, shutdown_engine, stop_ids
+from alignloop.records import Prompt, Sample
 
 
 class VLLMSampler:
@@ -28,8 +28,12 @@ class VLLMSampler:
         self.logprobs_mode = logprobs_mode(sampler_cfg.temperature, sampler_cfg.top_p)
         opts = sampler_cfg.engine  # the defaults when the config has no vllm block
         self.llm = build_engine(
-            model_path, model_cfg.dtype, opts,
-            enable_lora=True, max_lora_rank=opts.max_lora_rank, max_loras=opts.max_loras,
+            model_path,
+            model_cfg.dtype,
+            opts,
+            enable_lora=True,
+            max_lora_rank=opts.max_lora_rank,
+            max_loras=opts.max_loras,
             # One slot more than the batch may use: the new version loads while the old one
             # is still in the cache, so a failed load leaves the served adapter in place.
             max_cpu_loras=opts.max_loras + 1,
@@ -76,8 +80,14 @@ class VLLMSampler:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # sampling ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Prompt], iteration: int, seed: int, n: int | None = None,
-                 adapter: tuple[int, str] | None = None) -> list[Sample]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        iteration: int,
+        seed: int,
+        n: int | None = None,
+        adapter: tuple[int, str] | None = None,
+    ) -> list[Sample]:
         """k = n (default samples_per_prompt) responses for every prompt, prompt-major order,
         from `adapter` (version, checksum) when given: a sampler serving another refuses.
         Prompt i gets seed + i*k and vLLM gives its j-th response seed + i*k + j, so the same
@@ -97,8 +107,12 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=n or self.cfg.samples_per_prompt, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-            max_tokens=self.cfg.max_new_tokens, seed=seed, stop_token_ids=self.stop_ids,
+            n=n or self.cfg.samples_per_prompt,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_new_tokens,
+            seed=seed,
+            stop_token_ids=self.stop_ids,
             # 0 top alternatives: only the sampled token's log-prob comes back.
             logprobs=0 if self.logprobs_mode else None,
             detokenize=False,  # the response text is decoded below, as HFSampler decodes it
