@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         help="override a field, e.g. --set learner.lr=1e-4 (repeatable)",
     )
     run.add_argument("--resume", action="store_true", help="continue the run in its run directory")
-    run.add_argument("--overwrite", action="store_true", help="delete the run directory's contents and start over")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the run over: remove what alignloop wrote in the run directory (only an alignloop run directory; other files stay)",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
     train_p = sub.add_parser("train", help="train offline on judged data (CUT triplets or alignloop records)")
