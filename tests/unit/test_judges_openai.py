@@ -18,7 +18,7 @@ from alignloop.judges.prompting import PromptOptions, Unparseable, parse_judgmen
 from alignloop.loop.config import ConfigError, to_yaml, validate_config
 from alignloop.records import Message, Prompt, Sample
 from tests.fake_openai_server import FakeOpenAIServer
-from tests.judge_fakes import make_cycle, prompts_and_samples
+from tests.judge_fakes import judge as judge_phase, make_steps, prompts_and_samples
 
 RETRYABLE = {"429", "500", "slow", "drop", "badbody"}  # transport faults; a reply we cannot read is final
 
@@ -56,11 +56,11 @@ def test_thirty_percent_faults_every_sample_judged_or_errored_once_in_order(serv
     server.fault_rate, server.faults = 0.3, ("429", "500", "slow", "drop", "badbody", "badjson", "prose")
     monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
     judge = config(server, api_key_env="FAKE_JUDGE_KEY").model_dump()
-    cycle = make_cycle(judge, tmp_path / "run", actors=2, chunk_size=7, in_flight=2, max_error_rate=1.0)
+    steps = make_steps(judge, tmp_path / "run", actors=2, chunk_size=7, in_flight=2, max_error_rate=1.0)
     texts = [("good answer" if i % 3 else "weak answer") + f" number {i}" for i in range(60)]
     prompts, samples = prompts_and_samples(texts)
 
-    judgments = cycle.judge(prompts, samples)
+    judgments, m = judge_phase(steps, prompts, samples)
 
     assert [j.sample_id for j in judgments] == [s.id for s in samples]  # none lost, none duplicated, in order
     attempts = server.attempts_by_key()
@@ -86,7 +86,6 @@ def test_thirty_percent_faults_every_sample_judged_or_errored_once_in_order(serv
     faulted = sum(f != "ok" for fs in attempts.values() for f in fs)
     assert 0.2 < faulted / server.requests < 0.4, "the server did not fault about 30% of requests"
     assert outcomes["judged"] > 30 and outcomes["unreadable"] > 0
-    m = cycle.pending
     assert m["n_judged"] == outcomes["judged"] and m["n_judge_errors"] == 60 - outcomes["judged"]
     assert m["judge_requests"] == server.requests == sum(len(fs) for fs in attempts.values())
     assert m["judge_retries"] == server.requests - 60

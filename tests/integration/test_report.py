@@ -1,5 +1,5 @@
-"""`alignloop report`: a real run (in-process, tiny model) rendered to HTML, opened in headless
-Chromium, which must decode every plot."""
+"""`alignloop report`: a real run (in-process, tiny model) rendered to HTML by the CLI in a
+subprocess, opened in headless Chromium, which must decode every plot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from alignloop.loop.config import validate_config
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import run_in_process
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
