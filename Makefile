@@ -74,8 +74,10 @@ test: install browser lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration" tests/unit
 
-# Static checks, run first by `make test`.
+# Static checks, run first by `make test`: ruff (lint and format) and mypy.
 lint: typecheck
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # mypy over the whole alignloop namespace (config in pyproject.toml; cache in .mypy_cache).
 typecheck: install

@@ -30,8 +30,10 @@ def tiny_config(model_dir: Path, prompts: Path, run_dir: Path, **over) -> dict:
         "run_dir": str(run_dir),
         "seed": 0,
         "iterations": 2,
-        "model": {"path": str(model_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
-                                                   "target_modules": ["q_proj", "v_proj", "gate_proj"]}},
+        "model": {
+            "path": str(model_dir),
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "gate_proj"]},
+        },
         "data": {"path": str(prompts), "prompts_per_iteration": 4},
         "sampler": {"samples_per_prompt": 3, "max_new_tokens": 6, "batch_size": 2, "num_cpus": 0.5, "threads": 1},
         "judge": {"type": "rules", "checks": [{"type": "max_words", "limit": 4}]},

@@ -19,5 +19,6 @@ class EnvJudge:
         seen = {n: os.environ.get(n) for n in self.names}
         seen["node_id"] = ray.get_runtime_context().get_node_id()
         critique = " ".join(f"{k}={v}" for k, v in sorted(seen.items()))
-        return [Judgment(sample_id=s.id, judge=self.name, verdict="negative", score=0.0, critique=critique)
-                for s in samples]
+        return [
+            Judgment(sample_id=s.id, judge=self.name, verdict="negative", score=0.0, critique=critique) for s in samples
+        ]

@@ -52,8 +52,17 @@ class Logged:
 
 
 class FakeOpenAIServer:
-    def __init__(self, latency_s: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
-                 retry_after: str = "0", slow_s: float = 1.0, port: int = 0, max_words: int | None = None):
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        fault_rate: float = 0.0,
+        faults=FAULTS,
+        seed: int = 0,
+        retry_after: str = "0",
+        slow_s: float = 1.0,
+        port: int = 0,
+        max_words: int | None = None,
+    ):
         self.latency_s, self.fault_rate, self.faults = latency_s, fault_rate, tuple(faults)
         self.max_words = max_words
         self.retry_after, self.slow_s = retry_after, slow_s
@@ -76,7 +85,7 @@ class FakeOpenAIServer:
     def requests(self) -> int:
         return len(self.log)
 
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         self.thread.start()
         return self
 
@@ -157,9 +166,14 @@ def reply_content(fault: str, user: str, max_words: int | None = None) -> str:
         "prose": "Overall I think the response is mostly fine, though it could be better.",
         "fenced": f"Here is my judgment.\n```json\n{obj}\n```",
         "wrapped": f"My judgment: {obj} I hope this helps.",
-        "echo": json.dumps({"critique": "<the errors and shortcomings, or: The response is perfect.>",
-                            "quotes": ["<a faulty passage, copied exactly from the response>"],
-                            "verdict": "satisfactory", "score": 9}),
+        "echo": json.dumps(
+            {
+                "critique": "<the errors and shortcomings, or: The response is perfect.>",
+                "quotes": ["<a faulty passage, copied exactly from the response>"],
+                "verdict": "satisfactory",
+                "score": 9,
+            }
+        ),
         "contra": json.dumps({"critique": "The response is perfect.", "verdict": "satisfactory", "score": 1}),
         "length": obj[: len(obj) // 3],
     }.get(fault, obj)
@@ -195,8 +209,11 @@ def _handler(server: FakeOpenAIServer):
                 self.close_connection = True
                 return
             if fault == "429":
-                return self.send_json(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}},
-                                      {"Retry-After": server.retry_after})
+                return self.send_json(
+                    429,
+                    {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}},
+                    {"Retry-After": server.retry_after},
+                )
             if fault == "500":
                 return self.send_json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
             if fault == "badbody":
@@ -209,14 +226,27 @@ def _handler(server: FakeOpenAIServer):
             with server.lock:
                 server.tokens[0] += prompt_tokens
                 server.tokens[1] += completion_tokens
-            self.send_json(200, {
-                "id": f"chatcmpl-{len(server.log)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", "fake"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "length" if fault == "length" else "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
-            })
+            self.send_json(
+                200,
+                {
+                    "id": f"chatcmpl-{len(server.log)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "length" if fault == "length" else "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                },
+            )
 
         def send_json(self, status: int, obj: dict, headers: dict | None = None):
             self.send_raw(status, json.dumps(obj).encode(), headers)

@@ -39,8 +39,16 @@ def write_config(tmp_path: Path, tiny_model: Path, name: str, **over) -> Path:
 def alignloop(*args, **kw) -> subprocess.Popen:
     # PYTHONPATH: the Ray workers (which inherit this environment) import the tests' plugin judge.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "alignloop.loop.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "alignloop.loop.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=env,
+        **kw,
+    )
 
 
 # A launcher for the CLI with some packages hidden from importlib.util.find_spec (argv[1],
@@ -56,8 +64,14 @@ runpy.run_module("alignloop.loop.cli", run_name="__main__", alter_sys=True)
 def run_cli(*args, env=None, hide: tuple[str, ...] = (), timeout=120) -> subprocess.CompletedProcess:
     """`alignloop ARGS` to the end, as a user runs it; `hide` names packages to pretend missing."""
     launcher = ["-c", HIDE_AND_RUN, ",".join(hide)] if hide else ["-m", "alignloop.loop.cli"]
-    return subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *launcher, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def refused(out: subprocess.CompletedProcess, *expected: str) -> None:
@@ -103,8 +117,10 @@ def artifacts(run_dir: Path) -> dict:
         out[d.name] = {
             "prompts": (d / "prompts.jsonl").read_text(),
             "samples": (d / "samples.jsonl").read_text(),
-            "judgments": [{k: v for k, v in json.loads(l).items() if k != "latency_s"}
-                          for l in (d / "judgments.jsonl").read_text().splitlines()],
+            "judgments": [
+                {k: v for k, v in json.loads(line).items() if k != "latency_s"}
+                for line in (d / "judgments.jsonl").read_text().splitlines()
+            ],
             "adapter": (d / "adapter" / "adapter_model.safetensors").read_bytes(),
             "metrics": {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if not k.endswith("_s")},
         }
@@ -139,7 +155,6 @@ def assert_same(a: dict, b: dict) -> None:
             assert a["iters"][name][key] == b["iters"][name][key], f"{name}/{key} differs"
 
 
-
 def run_in_process(cfg) -> list[dict]:
     """The real run in this process (LocalRoles, no Ray), as a run would drive it."""
     from alignloop.loop.data import load_prompts
@@ -162,8 +177,10 @@ def run_in_process(cfg) -> list[dict]:
 
 # The fast tier's guard (wired up in tests/unit/conftest.py) -------------------------------
 
-MOVE_IT = ("tests/unit stays pure (no subprocess, no Ray, no embedded model; `make test-fast`); "
-           "move this test to tests/integration, whose modules carry pytestmark = pytest.mark.integration")
+MOVE_IT = (
+    "tests/unit stays pure (no subprocess, no Ray, no embedded model; `make test-fast`); "
+    "move this test to tests/integration, whose modules carry pytestmark = pytest.mark.integration"
+)
 
 
 class ImpureUnitTest(Exception):
@@ -186,14 +203,17 @@ def purity_guard():
             detail = repr(args[arg_index])[:200] if len(args) > arg_index else ""
             seen.append(f"this test {what} {detail}: {MOVE_IT}")
             raise ImpureUnitTest(seen[-1])
+
         return refused
 
     # Popen.__init__ rather than the name subprocess.Popen: it also catches subprocess.run,
     # asyncio's subprocesses and code that did `from subprocess import Popen` long ago.
     # (A refused Popen is never created: its class attribute _child_created keeps __del__ quiet.)
-    targets = [(subprocess.Popen, "__init__", "starts a subprocess", 1),
-               (ray, "init", "starts Ray (ray.init)", 99),
-               (model, "ensure_embedded", "loads the embedded model", 0)]
+    targets = [
+        (subprocess.Popen, "__init__", "starts a subprocess", 1),
+        (ray, "init", "starts Ray (ray.init)", 99),
+        (model, "ensure_embedded", "loads the embedded model", 0),
+    ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _, _ in targets]
     try:
         for owner, name, what, arg_index in targets:

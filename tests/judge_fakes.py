@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 from pydantic import BaseModel, ConfigDict
 
-from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
 from alignloop.loop.config import validate_config
-from alignloop.records import Message, Prompt, Sample
+from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
 from alignloop.loop.store import RunStore
+from alignloop.records import Message, Prompt, Sample
 
 
 class FakeHandle:
@@ -41,9 +41,13 @@ class FakeHandle:
 
 def prompts_and_samples(texts: list[str]) -> tuple[list[Prompt], list[Sample]]:
     """One prompt per two samples, so chunks mix prompts."""
-    prompts = [Prompt(id=f"p{i}", messages=[Message(role="user", content=f"Question {i}?")])
-               for i in range((len(texts) + 1) // 2)]
-    samples = [Sample(id=f"s{i:03d}", prompt_id=f"p{i // 2}", response=t, policy_version=0) for i, t in enumerate(texts)]
+    prompts = [
+        Prompt(id=f"p{i}", messages=[Message(role="user", content=f"Question {i}?")])
+        for i in range((len(texts) + 1) // 2)
+    ]
+    samples = [
+        Sample(id=f"s{i:03d}", prompt_id=f"p{i // 2}", response=t, policy_version=0) for i, t in enumerate(texts)
+    ]
     return prompts, samples
 
 
@@ -51,8 +55,15 @@ def make_steps(judge: dict, run_dir: Path, actors: int = 2, handles=None, **judg
     """The steps over a real RunStore whose judge actors are FakeHandles around JudgeWorkers."""
     from alignloop.loop.steps import Steps
 
-    cfg = validate_config({"name": "t", "run_dir": str(run_dir), "data": {"path": "unused.jsonl", "prompts_per_iteration": 1},
-                           "judge": judge, "judging": {"actors": actors, **judging}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "run_dir": str(run_dir),
+            "data": {"path": "unused.jsonl", "prompts_per_iteration": 1},
+            "judge": judge,
+            "judging": {"actors": actors, **judging},
+        }
+    )
     if handles is None:
         handles = [FakeHandle(JudgeWorker(cfg.judge)) for _ in range(actors)]
     dataset = [Prompt(id="d", messages=[Message(role="user", content="unused")])]  # the judge step draws none
@@ -78,11 +89,13 @@ class SlowRules:
         delay_s: float = 1.0
         max_words: int = 4
 
-    def __init__(self, config: "SlowRules.Config"):
+    def __init__(self, config: SlowRules.Config):
         from alignloop.judges.rules import RulesJudge, RulesJudgeConfig
 
         self.config, self.name = config, "slow-rules"
-        self.rules = RulesJudge(RulesJudgeConfig(name=self.name, checks=[{"type": "max_words", "limit": config.max_words}]))
+        self.rules = RulesJudge(
+            RulesJudgeConfig(name=self.name, checks=[{"type": "max_words", "limit": config.max_words}])
+        )
 
     async def judge(self, prompts, samples):
         import asyncio

@@ -17,10 +17,19 @@ pytestmark = pytest.mark.integration
 # Sampling in chunks of one prompt with long responses, and 30 epochs of learning on each
 # prompt's best response (so there is always something to train on), so that a sampler is
 # inside generate() and the learner inside a training step for long enough to be caught there.
-SETTINGS = dict(iterations=3, sampler={"samples_per_prompt": 3, "max_new_tokens": 64, "batch_size": 1,
-                                       "num_cpus": 0.5, "threads": 1},
-                learner={"objective": {"type": "sft", "best_of_n": True}, "epochs": 30, "lr": 5e-3, "minibatch_size": 4, "micro_batch_size": 2, "num_cpus": 0.5,
-                         "threads": 1})
+SETTINGS = dict(
+    iterations=3,
+    sampler={"samples_per_prompt": 3, "max_new_tokens": 64, "batch_size": 1, "num_cpus": 0.5, "threads": 1},
+    learner={
+        "objective": {"type": "sft", "best_of_n": True},
+        "epochs": 30,
+        "lr": 5e-3,
+        "minibatch_size": 4,
+        "micro_batch_size": 2,
+        "num_cpus": 0.5,
+        "threads": 1,
+    },
+)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # the theme's end-of-life banner, not a warning
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          capture_output=True, text=True, cwd=config.parent, env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=config.parent,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_docs_build_strict(tmp_path):
@@ -49,6 +56,11 @@ def test_docs_build_fails_on_a_broken_link_and_a_page_missing_from_nav(tmp_path)
 
 def test_config_reference_matches_the_schema():
     """docs/configuration-reference.md is generated; a schema change without --write fails here."""
-    out = subprocess.run([sys.executable, "scripts/config_reference.py", "--check"], capture_output=True, text=True, cwd=ROOT,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "scripts/config_reference.py", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr

@@ -15,8 +15,14 @@ def test_constrained_decoding_makes_the_embedded_model_a_judge_that_parses():
     """Unconstrained, SmolLM2-135M echoes the prompt's marker lines and no reply parses; inside
     the schema, every reply is a judgment (the parser's own content checks still apply)."""
     texts = ["Red, green and blue.", "I like turtles.", "The capital of France is Berlin.", "No."]
-    base = {"type": "critique_model", "path": "smollm2-135m-instruct", "device": "cpu", "threads": 2,
-            "max_new_tokens": 200, "batch_size": 4}
+    base = {
+        "type": "critique_model",
+        "path": "smollm2-135m-instruct",
+        "device": "cpu",
+        "threads": 2,
+        "max_new_tokens": 200,
+        "batch_size": 4,
+    }
     free = build_judge(judge_config({**base, "constrained": False, "max_new_tokens": 64}))
     _, unconstrained = judge_all(free, texts)
     assert len(unconstrained) == len(texts) and all(j.error for j in unconstrained), [j.critique for j in unconstrained]

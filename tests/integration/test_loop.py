@@ -58,7 +58,7 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
         on_disk = (store.iter_dir(1) / "adapter" / "adapter_model.safetensors").read_bytes()
         assert on_disk == published.weights
         iteration(steps, 2)
-        samples = [json.loads(l) for l in (store.iter_dir(2) / "samples.jsonl").read_text().splitlines()]
+        samples = [json.loads(line) for line in (store.iter_dir(2) / "samples.jsonl").read_text().splitlines()]
         assert {s["policy_version"] for s in samples} == {1}
         assert len(samples) == 4 * 3
     finally:
@@ -69,15 +69,22 @@ def test_two_iterations_broadcast_and_status(tmp_path, tiny_model):
     assert [m["adapter_version"] for m in metrics] == [1, 2]
     assert all(m["n_samples"] == 12 and m["n_judge_errors"] == 0 for m in metrics)
     assert not (store.iter_dir(1) / "learner_state.pt").exists() and (store.iter_dir(2) / "learner_state.pt").exists()
-    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "status", str(store.root)], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "alignloop.loop.cli", "status", str(store.root)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0 and "2 iteration(s) complete" in out.stdout
 
 
 # Each kill point holds for seconds, so the test cannot miss it: the slow judge keeps the run
 # inside the judge step after (2, sample); 30 epochs keep it inside the learn step after (2, judge).
-SLOW = dict(iterations=3, judge={"type": "python", "target": "tests.judge_fakes:SlowRules",
-                                 "options": {"delay_s": 1.0, "max_words": 4}},
-            learner={"epochs": 30})
+SLOW = dict(
+    iterations=3,
+    judge={"type": "python", "target": "tests.judge_fakes:SlowRules", "options": {"delay_s": 1.0, "max_words": 4}},
+    learner={"epochs": 30},
+)
 
 
 @pytest.mark.parametrize("kill_at", [(2, "sample"), (2, "judge")], ids=["mid-judge", "mid-learn"])
@@ -138,7 +145,13 @@ def test_sampling_ahead_stays_within_its_bound_and_resumes_after_sigkill_as_if_n
     out = finish(alignloop("run", str(killed), "--resume"))
     assert "iter 1/3" in out
     assert_same(artifacts(tmp_path / "full"), artifacts(tmp_path / "killed"))
-    assert [json.loads(l)["policy_lag"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 1]
+    assert [
+        json.loads(line)["policy_lag"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ] == [
+        0,
+        1,
+        1,
+    ]
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model):
@@ -170,8 +183,13 @@ def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exi
     won = 1 - lost
     out = procs[lost].communicate()[0]
     assert procs[lost].returncode == 6 and "in use by another alignloop process" in out, out
-    overwrite = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[lost]), "--overwrite"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120)
+    overwrite = subprocess.run(
+        [sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[lost]), "--overwrite"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if procs[won].poll() is None:  # still running: the overwrite must not have touched it
         assert overwrite.returncode == 6, overwrite.stdout + overwrite.stderr
     finish(procs[won])
@@ -181,8 +199,13 @@ def test_two_runs_started_together_on_one_run_directory_one_writes_the_other_exi
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == won
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2]
-    again = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[won]), "--resume"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "alignloop.loop.cli", "run", str(paths[won]), "--resume"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout + again.stderr  # the directory verifies as one whole run
 
 

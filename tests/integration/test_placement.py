@@ -7,22 +7,31 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.loop.roles.ray_runtime import ACTOR_ENV, sampler_placement
 from alignloop.loop.config import validate_config
+from alignloop.loop.roles.ray_runtime import ACTOR_ENV, sampler_placement
 
 pytestmark = pytest.mark.integration
 
 
 def sampler(**over):
-    raw = {"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-           "sampler": {"backend": "vllm", "num_cpus": 0.5, **over}}
+    raw = {
+        "name": "t",
+        "data": {"path": "p.jsonl"},
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        "sampler": {"backend": "vllm", "num_cpus": 0.5, **over},
+    }
     return validate_config(raw).sampler
 
 
 def test_single_device_engine_is_a_plain_actor():
     options, group = sampler_placement(sampler(num_gpus=1, resources={"sampler_node": 1}))
-    assert group is None and options == {"num_cpus": 0.5, "num_gpus": 1, "max_restarts": 1,
-                                         "resources": {"sampler_node": 1}, "runtime_env": ACTOR_ENV}
+    assert group is None and options == {
+        "num_cpus": 0.5,
+        "num_gpus": 1,
+        "max_restarts": 1,
+        "resources": {"sampler_node": 1},
+        "runtime_env": ACTOR_ENV,
+    }
 
 
 def test_tensor_parallel_engine_gets_a_packed_group_that_its_actor_sees():

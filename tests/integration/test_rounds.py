@@ -20,8 +20,10 @@ pytestmark = pytest.mark.integration
 
 def prompt_file(path: Path, prefix: str, n: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"id": f"{prefix}{i}", "instruction": f"{WORDS[(len(prefix) * 7 + i) % len(WORDS)]} {prefix} cat sat"}
-            for i in range(n)]
+    rows = [
+        {"id": f"{prefix}{i}", "instruction": f"{WORDS[(len(prefix) * 7 + i) % len(WORDS)]} {prefix} cat sat"}
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -40,7 +42,7 @@ def nightly(tmp_path: Path, tiny_model: Path, name: str, data: str, **over) -> P
 def round_(config: Path, round_id: str, *extra: str) -> tuple[int, str, dict | None]:
     proc = alignloop("round", str(config), "--round", round_id, "--json", *extra)
     out, _ = proc.communicate(timeout=600)
-    lines = [l for l in out.splitlines() if l.startswith('{"series"')]
+    lines = [line for line in out.splitlines() if line.startswith('{"series"')]
     return proc.returncode, out, json.loads(lines[-1]) if lines else None
 
 
@@ -58,7 +60,7 @@ def test_a_series_of_rounds_equals_one_run_and_reruns_change_nothing(tmp_path, t
         code, out, summary = round_(config, rid)
         assert code == 0, out
         assert summary["status"] == "promoted" and summary["adapter_version"] == k and summary["n_prompts"] == 4
-    ledger = [json.loads(l) for l in (series / "ledger.jsonl").read_text().splitlines()]
+    ledger = [json.loads(line) for line in (series / "ledger.jsonl").read_text().splitlines()]
     assert [r["round"] for r in ledger] == ["r1"] * 4 + ["r2"] * 4 + ["r3"] * 4
     assert {r["id"][0] for r in ledger if r["round"] == "r2"} == {"b"}, "each round draws only new prompts"
     assert os.readlink(series / "current") == "rounds/r3/iter-0001/adapter"
@@ -72,8 +74,13 @@ def test_a_series_of_rounds_equals_one_run_and_reruns_change_nothing(tmp_path, t
     assert code == 5 and "no new prompts" in out and summary["code"] == 5, out
 
     # The same prompts as one run of three iterations: the same samples and the same adapter, bytes for bytes.
-    single = tiny_config(tiny_model, Path(glob), tmp_path / "single", iterations=3,
-                         data={"path": glob, "prompts_per_iteration": 4, "shuffle": False})
+    single = tiny_config(
+        tiny_model,
+        Path(glob),
+        tmp_path / "single",
+        iterations=3,
+        data={"path": glob, "prompts_per_iteration": 4, "shuffle": False},
+    )
     (tmp_path / "single.yaml").write_text(yaml.safe_dump(single))
     proc = alignloop("run", str(tmp_path / "single.yaml"))
     out, _ = proc.communicate(timeout=600)
@@ -81,7 +88,9 @@ def test_a_series_of_rounds_equals_one_run_and_reruns_change_nothing(tmp_path, t
     for k in (1, 2, 3):
         one = tmp_path / "single" / f"iter-{k:04d}"
         rnd = series / "rounds" / f"r{k}" / "iter-0001"
-        assert (one / "samples.jsonl").read_text() == (rnd / "samples.jsonl").read_text(), f"round {k} sampled differently"
+        assert (one / "samples.jsonl").read_text() == (rnd / "samples.jsonl").read_text(), (
+            f"round {k} sampled differently"
+        )
         assert weights(one / "adapter") == weights(rnd / "adapter"), f"round {k} trained differently"
 
     status = alignloop("status", str(series)).communicate(timeout=60)[0]
@@ -96,25 +105,42 @@ def test_the_gate_rejects_a_harmful_round_and_current_stays(tmp_path, tiny_model
     for rid in ("n1", "n2", "n3"):
         prompt_file(tmp_path / "prompts" / f"{rid}.jsonl", rid)
     prompt_file(tmp_path / "eval.jsonl", "e", n=4)
-    gate = {"path": str(tmp_path / "eval.jsonl"), "samples_per_prompt": 6, "margin": 0.05,
-            "judge": {"type": "rules", "checks": [{"type": "finished"}]}}
+    gate = {
+        "path": str(tmp_path / "eval.jsonl"),
+        "samples_per_prompt": 6,
+        "margin": 0.05,
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+    }
     # The tiny random model's logits barely move unless its output layer is adapted too.
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "gate_proj", "lm_head"]}
-    config = nightly(tmp_path, tiny_model, "series", data, round={"eval": gate}, model={"lora": lora},
-                     sampler={"max_new_tokens": 12})
+    config = nightly(
+        tmp_path, tiny_model, "series", data, round={"eval": gate}, model={"lora": lora}, sampler={"max_new_tokens": 12}
+    )
     series = tmp_path / "series"
 
     code, out, first = round_(config, "n1")
     assert code == 0 and first["status"] == "promoted", out
     promoted = os.readlink(series / "current"), weights(series / "current")
 
-    harmful = ["--set", "judge={type: rules, checks: [{type: min_chars, limit: 30}]}",
-               "--set", "learner.lr=0.1", "--set", "learner.epochs=20", "--set", "learner.schedule=constant"]
+    harmful = [
+        "--set",
+        "judge={type: rules, checks: [{type: min_chars, limit: 30}]}",
+        "--set",
+        "learner.lr=0.1",
+        "--set",
+        "learner.epochs=20",
+        "--set",
+        "learner.schedule=constant",
+    ]
     code, out, second = round_(config, "n2", *harmful)
     assert code == 4 and "not promoted" in out and second["status"] == "rejected", out
     assert second["eval_after"]["pass_rate"] < second["eval_before"]["pass_rate"] - 0.05
-    assert (os.readlink(series / "current"), weights(series / "current")) == promoted, "a rejected round must not move current"
-    assert second["eval_before"] == first["eval_after"], "the promoted adapter's eval is the one computed after its round"
+    assert (os.readlink(series / "current"), weights(series / "current")) == promoted, (
+        "a rejected round must not move current"
+    )
+    assert second["eval_before"] == first["eval_after"], (
+        "the promoted adapter's eval is the one computed after its round"
+    )
 
     # The next round starts from the promoted adapter (v1), numbered after the rejected one.
     code, out, third = round_(config, "n3")
@@ -130,8 +156,10 @@ def test_the_gate_rejects_a_harmful_round_and_current_stays(tmp_path, tiny_model
 
 # The slow judge holds each judge step for about 8 s: long enough for a second invocation to
 # meet the lock, and for the kill to land inside iteration 2.
-SLOW = dict(iterations=2, judge={"type": "python", "target": "tests.judge_fakes:SlowRules",
-                                 "options": {"delay_s": 4.0, "max_words": 4}})
+SLOW = dict(
+    iterations=2,
+    judge={"type": "python", "target": "tests.judge_fakes:SlowRules", "options": {"delay_s": 4.0, "max_words": 4}},
+)
 
 
 def test_one_writer_and_a_killed_round_resumes_to_the_same_artifacts(tmp_path, tiny_model):

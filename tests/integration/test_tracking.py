@@ -19,8 +19,15 @@ def test_wandb_offline_and_mlflow_continue_one_run_across_a_resume(tmp_path, tin
     pytest.importorskip("wandb")
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    raw = tiny_config(tiny_model, write_prompts(tmp_path / "p.jsonl"), tmp_path / "run", iterations=2,
-                      judging={"actors": 1}, sampler={"replicas": 1}, tracking={"backends": ["wandb", "mlflow"]})
+    raw = tiny_config(
+        tiny_model,
+        write_prompts(tmp_path / "p.jsonl"),
+        tmp_path / "run",
+        iterations=2,
+        judging={"actors": 1},
+        sampler={"replicas": 1},
+        tracking={"backends": ["wandb", "mlflow"]},
+    )
     run_in_process(validate_config(raw))
     metrics = run_in_process(validate_config({**raw, "iterations": 3}))
     track = tmp_path / "run" / "tracking"
@@ -33,7 +40,9 @@ def test_wandb_offline_and_mlflow_continue_one_run_across_a_resume(tmp_path, tin
     artifacts = mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "samples")
     assert [a.path for a in artifacts] == [f"samples/iter-{i:04d}.json" for i in (1, 2, 3)]
     # inside the run directory, not in ./mlruns of wherever the run was started
-    assert sorted(p.name for p in (track / "mlartifacts").rglob("iter-*.json")) == [f"iter-{i:04d}.json" for i in (1, 2, 3)]
+    assert sorted(p.name for p in (track / "mlartifacts").rglob("iter-*.json")) == [
+        f"iter-{i:04d}.json" for i in (1, 2, 3)
+    ]
 
     # W&B offline: each process writes its own offline directory for the same run id, which
     # `wandb sync` merges; the resumed process logged only the iteration the first had not.

@@ -12,7 +12,6 @@ skipped where vLLM is not installed, as in the main venv.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -22,19 +21,20 @@ pytest.importorskip("vllm", reason="vLLM is not installed here; `make test-vllm`
 
 import ray  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load as load_safetensors, save as save_safetensors  # noqa: E402
+from safetensors.torch import load as load_safetensors  # noqa: E402
+from safetensors.torch import save as save_safetensors
 
+from alignloop.loop.config import validate_config  # noqa: E402
+from alignloop.loop.data import load_prompts  # noqa: E402
 from alignloop.loop.roles.protocols import Exported  # noqa: E402
 from alignloop.loop.roles.ray_roles import RayRoles  # noqa: E402
 from alignloop.loop.roles.ray_runtime import start_ray  # noqa: E402
-from alignloop.loop.config import validate_config  # noqa: E402
 from alignloop.loop.schedules.sequential import iteration  # noqa: E402
 from alignloop.loop.steps import Steps  # noqa: E402
 from alignloop.loop.store import prepare_run_dir  # noqa: E402
-from alignloop.loop.data import load_prompts  # noqa: E402
-from alignloop.records import Judgment  # noqa: E402
 from alignloop.policies.adapter import AdapterPayload  # noqa: E402
 from alignloop.policies.objectives.base import Example  # noqa: E402
+from alignloop.records import Judgment  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,18 +53,40 @@ PERTURBATION = 0.05
 
 def run_config(tmp_path: Path) -> dict:
     return {
-        "name": "vllm-cpu", "run_dir": str(tmp_path / "run"), "seed": 0, "iterations": 2,
-        "model": {"path": MODEL, "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-                                          "target_modules": ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]}},
+        "name": "vllm-cpu",
+        "run_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "iterations": 2,
+        "model": {
+            "path": MODEL,
+            "lora": {
+                "r": 8,
+                "alpha": 16,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+            },
+        },
         "data": {"path": str(ROOT / "configs/prompts/quickstart.jsonl"), "prompts_per_iteration": 3},
-        "sampler": {"backend": "vllm", "samples_per_prompt": 2, "temperature": 0.8, "max_new_tokens": 24,
-                    "batch_size": 2, "num_cpus": 0.5,
-                    "vllm": {"kv_cache_gib": 0.25, "max_model_len": 1024, "max_lora_rank": 8}},
+        "sampler": {
+            "backend": "vllm",
+            "samples_per_prompt": 2,
+            "temperature": 0.8,
+            "max_new_tokens": 24,
+            "batch_size": 2,
+            "num_cpus": 0.5,
+            "vllm": {"kv_cache_gib": 0.25, "max_model_len": 1024, "max_lora_rank": 8},
+        },
         # Every response is positive: SFT then trains on all of them and the adapter moves.
         "judge": {"type": "rules", "checks": [{"type": "max_words", "limit": 1000}]},
         "judging": {"actors": 1},
-        "learner": {"objective": {"type": "sft"}, "lr": 1e-3, "minibatch_size": 6, "micro_batch_size": 3,
-                    "num_cpus": 0.5, "device": "cpu"},
+        "learner": {
+            "objective": {"type": "sft"},
+            "lr": 1e-3,
+            "minibatch_size": 6,
+            "micro_batch_size": 3,
+            "num_cpus": 0.5,
+            "device": "cpu",
+        },
         "ray": {"num_cpus": 2},
     }
 
@@ -121,7 +143,9 @@ def perturbed(payload: AdapterPayload, version: int) -> AdapterPayload:
     """The same adapter with every LoRA B matrix pushed by seeded noise: a large change."""
     tensors = load_safetensors(payload.weights)
     gen = torch.Generator().manual_seed(0)
-    moved = {k: v + PERTURBATION * torch.randn(v.shape, generator=gen) if "lora_B" in k else v for k, v in tensors.items()}
+    moved = {
+        k: v + PERTURBATION * torch.randn(v.shape, generator=gen) if "lora_B" in k else v for k, v in tensors.items()
+    }
     return AdapterPayload.create(version, save_safetensors(moved), payload.config)
 
 
@@ -136,15 +160,26 @@ def test_critique_judge_on_a_vllm_engine():
     from alignloop.judges import build_judge
     from alignloop.records import Message, Prompt, Sample
 
-    judge_cfg = validate_config({
-        "name": "t", "data": {"path": "p.jsonl"},
-        "judge": {"type": "critique_model", "path": MODEL, "backend": "vllm", "max_new_tokens": 160,
-                  "max_critique_chars": 120, "vllm": {"kv_cache_gib": 0.25, "max_model_len": 2048}},
-    }).judge
+    judge_cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "p.jsonl"},
+            "judge": {
+                "type": "critique_model",
+                "path": MODEL,
+                "backend": "vllm",
+                "max_new_tokens": 160,
+                "max_critique_chars": 120,
+                "vllm": {"kv_cache_gib": 0.25, "max_model_len": 2048},
+            },
+        }
+    ).judge
     judge = build_judge(judge_cfg)
     try:
         prompt = Prompt(id="p", messages=[Message(role="user", content="Name a colour.")])
-        samples = [Sample(id=f"s{i}", prompt_id="p", response=r, policy_version=0) for i, r in enumerate(["Blue.", "Seven."])]
+        samples = [
+            Sample(id=f"s{i}", prompt_id="p", response=r, policy_version=0) for i, r in enumerate(["Blue.", "Seven."])
+        ]
         replies = judge.generate([[{"role": "user", "content": "Say hello."}]] * 2)
         assert len(replies) == 2 and replies[0] == replies[1], "greedy replies to one chat agree"
         assert replies[0].text.startswith("{") and not replies[0].truncated, replies[0]
@@ -181,7 +216,7 @@ def test_two_iterations_publish_serve_and_unload(loop):
     assert len(after2["dirs"]) == 1 and after2["dirs"][0].startswith("adapter-v2-")
 
     for i, version in [(1, 0), (2, 1)]:
-        samples = [json.loads(l) for l in (store.iter_dir(i) / "samples.jsonl").read_text().splitlines()]
+        samples = [json.loads(line) for line in (store.iter_dir(i) / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == 3 * 2 and {s["policy_version"] for s in samples} == {version}
         for s in samples:
             assert len(s["token_ids"]) == len(s["logprobs"]) > 0
@@ -199,7 +234,9 @@ def test_logprobs_match_the_learner_and_a_large_change_moves_them(loop):
     again = sample_chunk(actors, prompts)
     assert [s.token_ids for s in again] == [s.token_ids for s in samples], "a seeded chunk must repeat"
     gaps = logprob_gaps(actors, prompts, samples)
-    print(f"\nvLLM vs learner log-probs (v2, {len(gaps)} tokens): max {max(gaps):.2e}, mean {sum(gaps) / len(gaps):.2e}")
+    print(
+        f"\nvLLM vs learner log-probs (v2, {len(gaps)} tokens): max {max(gaps):.2e}, mean {sum(gaps) / len(gaps):.2e}"
+    )
     assert max(gaps) < LOGPROB_TOL
 
     # v3: a large change, published to the sampler; the learner keeps v2 for now.

@@ -53,7 +53,19 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*NOT_SOURCES))
     # --no-build-isolation: setuptools from this venv, so the build itself needs no network
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", src, cwd=tmp)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        tmp / "dist",
+        src,
+        cwd=tmp,
+    )
     (built,) = (tmp / "dist").glob("alignloop-*.whl")
     return built
 
@@ -67,7 +79,9 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     for folder, package in (("loop", "loop"), ("records", "records"), ("judges", "judges"), ("policies", "policies")):
         for init in (ROOT / folder).rglob("__init__.py"):
             inner = init.relative_to(ROOT / folder).as_posix()
-            assert f"alignloop/{package}/{inner}" in names, f"{folder}/{inner} is not in the wheel: add it to pyproject's packages"
+            assert f"alignloop/{package}/{inner}" in names, (
+                f"{folder}/{inner} is not in the wheel: add it to pyproject's packages"
+            )
 
 
 def test_a_clean_venv_imports_alignloop_beside_pypis_records_and_judges(wheel, tmp_path):

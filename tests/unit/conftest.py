@@ -16,24 +16,6 @@ from tests.helpers import ImpureUnitTest, purity_guard
 # process: asked once here, before any guard, no test pays for it or is blamed for it.
 platform.processor()
 
-# Impure tests still in files being rewritten elsewhere: marked `integration` here (so `make
-# test-fast` leaves them out and `make test` still runs them) and exempt from the guard until
-# they move to tests/integration. Nothing may be added to this list: move the test instead.
-WAITING_TO_MOVE = {
-    "test_config.py::test_cli_dry_run_prints_resolved_config_and_writes_nothing": "CLI subprocess",
-    "test_config.py::test_cli_config_error_exits_2_and_writes_nothing": "CLI subprocess",
-    "test_config.py::test_cli_missing_config_file": "CLI subprocess",
-    "test_config.py::test_config_loading_does_not_import_torch_or_ray": "python -c subprocess",
-    "test_offline.py::test_train_command_writes_an_adapter_that_a_run_can_start_from": "CLI subprocess",
-    "test_policy.py::test_sampler_workdirs_live_in_the_cache_and_dead_samplers_dirs_are_removed": "a Popen for a dead pid",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.startswith("tests/unit/") and item.nodeid.split("/")[-1].split("[")[0] in WAITING_TO_MOVE:
-            item.add_marker(pytest.mark.integration)
-
 
 def _pure(item):
     if item.get_closest_marker("integration"):

@@ -22,11 +22,19 @@ def config(tmp_path, tiny_model, name: str, staleness: int, iterations: int = 3,
     prompts = tmp_path / "p.jsonl"
     if not prompts.exists():
         write_prompts(prompts)
-    return validate_config(tiny_config(
-        tiny_model, prompts, tmp_path / name, iterations=iterations, judge=SLOW,
-        learner={"objective": {"type": "grpo"}, "logprob_check_rows": 12},
-        judging={"streaming": streaming}, asynchronous={"max_staleness": staleness},
-        tracking={"backends": []}))
+    return validate_config(
+        tiny_config(
+            tiny_model,
+            prompts,
+            tmp_path / name,
+            iterations=iterations,
+            judge=SLOW,
+            learner={"objective": {"type": "grpo"}, "logprob_check_rows": 12},
+            judging={"streaming": streaming},
+            asynchronous={"max_staleness": staleness},
+            tracking={"backends": []},
+        )
+    )
 
 
 def versions(run_dir) -> list[set[int]]:
@@ -75,12 +83,21 @@ def test_rows_from_an_older_policy_without_log_probs_are_refused(tiny_model):
     from alignloop.policies.objectives.base import Example
     from alignloop.records import Judgment, Message, Prompt
 
-    cfg = validate_config(tiny_config(tiny_model, tiny_model / "unused.jsonl", tiny_model / "unused",
-                                      learner={"objective": {"type": "grpo"}}))
+    cfg = validate_config(
+        tiny_config(
+            tiny_model, tiny_model / "unused.jsonl", tiny_model / "unused", learner={"objective": {"type": "grpo"}}
+        )
+    )
     learner = Learner(cfg.model, cfg.learner)
     learner.version = 2
     prompt = Prompt(id="p", messages=[Message(role="user", content="hi")])
-    rows = [Example(prompt, Sample(id=f"p#{k}", prompt_id="p", response="a b", policy_version=1),
-                    Judgment(sample_id=f"p#{k}", verdict="positive", score=float(k), judge="t")) for k in range(2)]
+    rows = [
+        Example(
+            prompt,
+            Sample(id=f"p#{k}", prompt_id="p", response="a b", policy_version=1),
+            Judgment(sample_id=f"p#{k}", verdict="positive", score=float(k), judge="t"),
+        )
+        for k in range(2)
+    ]
     with pytest.raises(ValueError, match="drawn by adapter v1 and carries no log-probs"):
         learner.fix_old_logprobs(rows)

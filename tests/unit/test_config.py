@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from alignloop.loop.data import prompt_files
 from alignloop.loop.config import (
-    ConfigError, apply_override, load_config, redact, resume_conflicts, to_yaml, validate_config,
+    ConfigError,
+    apply_override,
+    load_config,
+    redact,
+    resume_conflicts,
+    to_yaml,
+    validate_config,
 )
+from alignloop.loop.data import prompt_files
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def base() -> dict:
-    return {"name": "t", "data": {"path": "p.jsonl"},
-            "judge": {"type": "rules", "checks": [{"type": "max_words", "limit": 30}]}}
+    return {
+        "name": "t",
+        "data": {"path": "p.jsonl"},
+        "judge": {"type": "rules", "checks": [{"type": "max_words", "limit": 30}]},
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -29,7 +36,9 @@ def test_every_shipped_config_validates(path):
     assert cfg.iterations > 0
     # A nightly config's `{round}` stands for any night: some night's file must be there.
     data = cfg.data.path.replace("{round}", "*")
-    assert prompt_files(ROOT / data if "*" not in data else str(ROOT / data)), f"{path.name}: no prompts at {cfg.data.path}"
+    assert prompt_files(ROOT / data if "*" not in data else str(ROOT / data)), (
+        f"{path.name}: no prompts at {cfg.data.path}"
+    )
     if cfg.round.eval:
         assert prompt_files(ROOT / cfg.round.eval.path), f"{path.name}: no eval prompts at {cfg.round.eval.path}"
 
@@ -49,16 +58,27 @@ def error_of(mutate) -> str:
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda r: r.update(learner={"lrr": 1}), "learner.lrr: unknown field; allowed here: device, epochs, logprob_check_rows, lr"),
+        (
+            lambda r: r.update(learner={"lrr": 1}),
+            "learner.lrr: unknown field; allowed here: device, epochs, logprob_check_rows, lr",
+        ),
         (lambda r: r.update(learner={"lr": -1}), "learner.lr: Input should be greater than 0 (got -1)"),
         (lambda r: r["judge"].update(type="gpt"), "judge.type: 'gpt' is not known; use one of 'rules'"),
-        (lambda r: r["judge"]["checks"][0].update(limt=3), "judge.checks.0.limt: unknown field; allowed here: limit, type"),
+        (
+            lambda r: r["judge"]["checks"][0].update(limt=3),
+            "judge.checks.0.limt: unknown field; allowed here: limit, type",
+        ),
         (lambda r: r["judge"]["checks"].append({"limit": 3}), "judge.checks.1: needs a `type` field"),
         (lambda r: r.update(learner={"objective": {"type": "nope"}}), "learner.objective.type: 'nope' is not known"),
         (lambda r: r.pop("data"), "data: required field is missing"),
-        (lambda r: r.update(sampler={"top_p": 1.5}), "sampler.top_p: Input should be less than or equal to 1 (got 1.5)"),
-        (lambda r: r.update(learner={"minibatch_size": 6, "micro_batch_size": 4}),
-         "set learner.micro_batch_size to a divisor"),
+        (
+            lambda r: r.update(sampler={"top_p": 1.5}),
+            "sampler.top_p: Input should be less than or equal to 1 (got 1.5)",
+        ),
+        (
+            lambda r: r.update(learner={"minibatch_size": 6, "micro_batch_size": 4}),
+            "set learner.micro_batch_size to a divisor",
+        ),
         (lambda r: r.update(name="has space"), "name 'has space' must use only"),
     ],
 )
@@ -75,11 +95,14 @@ def test_overrides_parse_yaml_values_and_index_lists():
     assert (cfg.learner.lr, cfg.judge.checks[0].limit, cfg.sampler.top_p) == (1e-4, 12, 0.9)
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("learner.lr", "expected KEY=VALUE"),
-    ("judge.checks.5.limit=1", "index '5' is not in a list of 1"),
-    ("name.x=1", "name is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("learner.lr", "expected KEY=VALUE"),
+        ("judge.checks.5.limit=1", "index '5' is not in a list of 1"),
+        ("name.x=1", "name is a value, not a section"),
+    ],
+)
 def test_bad_overrides(item, expected):
     with pytest.raises(ConfigError, match=expected):
         apply_override(base(), item)
@@ -96,38 +119,12 @@ def test_resume_conflicts_ignore_iterations_ray_and_placement_only():
     assert resume_conflicts(saved, validate_config({**base(), "iterations": 9, "ray": {"num_cpus": 1}})) == []
     assert resume_conflicts(saved, validate_config({**base(), "seed": 3})) == ["seed"]
     # a node is gone: the same run continues with its actors placed elsewhere ...
-    moved = {**base(), "sampler": {"resources": {"node_a": 1}, "num_cpus": 0, "replicas": 2},
-             "judging": {"actors": 3, "resources": {"node_a": 0.1}}, "learner": {"num_gpus": 1, "resources": {"gpu_node": 1}}}
+    moved = {
+        **base(),
+        "sampler": {"resources": {"node_a": 1}, "num_cpus": 0, "replicas": 2},
+        "judging": {"actors": 3, "resources": {"node_a": 0.1}},
+        "learner": {"num_gpus": 1, "resources": {"gpu_node": 1}},
+    }
     assert resume_conflicts(saved, validate_config(moved)) == []
     # ... but what it samples and how it learns may not change
     assert resume_conflicts(saved, validate_config({**base(), "sampler": {"temperature": 0.5}})) == ["sampler"]
-
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "alignloop.loop.cli", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def test_cli_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
-    out = run_cli("run", "configs/quickstart.yaml", "--dry-run", "--set", f"run_dir={tmp_path}/r", "--set", "learner.lr=2e-4")
-    assert out.returncode == 0, out.stderr
-    cfg = yaml.safe_load(out.stdout)
-    assert cfg["learner"]["lr"] == 2e-4 and cfg["sampler"]["backend"] == "hf"
-    assert not (tmp_path / "r").exists()
-
-
-def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
-    out = run_cli("run", "configs/quickstart.yaml", "--set", f"run_dir={tmp_path}/r", "--set", "learner.lrr=1")
-    assert out.returncode == 2
-    assert "learner.lrr: unknown field" in out.stderr
-    assert not (tmp_path / "r").exists()
-
-
-def test_cli_missing_config_file():
-    out = run_cli("run", "configs/nope.yaml")
-    assert out.returncode == 2 and "no such config file" in out.stderr
-
-
-def test_config_loading_does_not_import_torch_or_ray():
-    code = "import sys, alignloop.loop.cli, alignloop.loop.config, alignloop.judges; print('torch' in sys.modules, 'ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.split() == ["False", "False"], out.stderr

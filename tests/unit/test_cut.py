@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.cut import CUT, cut_loss
 from alignloop.policies.objectives.hindsight import PERFECT, Hindsight
 from alignloop.policies.objectives.options import CUTOptions, HindsightOptions
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 L = math.log
 
 
 def batch(plain, judged, mask, negative) -> TrainBatch:
-    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    def t(x):
+        return torch.tensor(x, dtype=torch.float64)
+
     return TrainBatch(plain=t(plain), judged=t(judged), mask=t(mask), negative=t(negative))
 
 
@@ -63,7 +65,9 @@ def test_ratio_equal_to_lambda_is_not_inappropriate():
 
 def test_all_positive_batch_is_plain_nll():
     """(-log 0.5 - log 0.5) / 2 = 0.693147 and (-log 0.25) = 1.386294 -> mean 1.039721."""
-    b = batch(plain=[[L(0.5), L(0.5)], [L(0.9), L(0.25)]], judged=[[0, 0], [0, 0]], mask=[[1, 1], [0, 1]], negative=[0, 0])
+    b = batch(
+        plain=[[L(0.5), L(0.5)], [L(0.9), L(0.25)]], judged=[[0, 0], [0, 0]], mask=[[1, 1], [0, 1]], negative=[0, 0]
+    )
     loss, m = cut_loss(b, CUTOptions())
     assert loss.item() == pytest.approx(1.039721, abs=1e-6) and m["detected_fraction"] == 0.0
 
@@ -104,7 +108,11 @@ def examples(verdicts, critique="Too long."):
     for i, v in enumerate(verdicts):
         p = Prompt(id=f"p{i}", messages=[Message(role="system", content="sys"), Message(role="user", content=f"q{i}")])
         s = Sample(id=f"s{i}", prompt_id=p.id, response="r", policy_version=0)
-        out.append(Example(p, s, Judgment(sample_id=s.id, verdict=v, critique=critique if v == "negative" else None, judge="t")))
+        out.append(
+            Example(
+                p, s, Judgment(sample_id=s.id, verdict=v, critique=critique if v == "negative" else None, judge="t")
+            )
+        )
     return out
 
 
@@ -114,7 +122,9 @@ def test_cut_downsamples_positives_and_skips_negatives_without_critique():
     keep, m = CUT(CUTOptions()).select(rows, np.random.default_rng(0))
     assert m == {"n_train": 10, "n_negative": 8, "n_positive": 2, "n_negative_without_critique": 1}
     assert sum(e.negative for e in keep) == 8
-    keep_all, m_all = CUT(CUTOptions(downsample=None)).select(examples(["negative"] * 2 + ["positive"] * 5), np.random.default_rng(0))
+    keep_all, m_all = CUT(CUTOptions(downsample=None)).select(
+        examples(["negative"] * 2 + ["positive"] * 5), np.random.default_rng(0)
+    )
     assert m_all["n_positive"] == 5
 
 
@@ -142,18 +152,30 @@ def test_learner_runs_both_contexts_of_negatives_in_one_forward_pass(tiny_model)
     from alignloop.loop.config import validate_config
     from alignloop.policies.learner import Learner
 
-    cfg = validate_config({
-        "name": "t", "data": {"path": "x"},
-        "model": {"path": str(tiny_model), "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}},
-        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-        "learner": {"objective": {"type": "cut", "downsample": None}, "threads": 1,
-                    "minibatch_size": 4, "micro_batch_size": 4},
-    })
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "x"},
+            "model": {
+                "path": str(tiny_model),
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]},
+            },
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "learner": {
+                "objective": {"type": "cut", "downsample": None},
+                "threads": 1,
+                "minibatch_size": 4,
+                "micro_batch_size": 4,
+            },
+        }
+    )
     learner = Learner(cfg.model, cfg.learner)
     rows = examples(["negative", "negative", "positive"])
     learner.objective.select(rows, np.random.default_rng(0))
     calls = []
-    hook = learner.model.register_forward_hook(lambda mod, args, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    hook = learner.model.register_forward_hook(
+        lambda mod, args, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         b = learner.batch(rows)
     finally:
@@ -172,13 +194,23 @@ def test_learner_maps_judged_spans_onto_the_sampled_tokens(tiny_model):
     from alignloop.policies.learner import Learner
     from alignloop.records import Span
 
-    cfg = validate_config({
-        "name": "t", "data": {"path": "x"},
-        "model": {"path": str(tiny_model), "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}},
-        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-        "learner": {"objective": {"type": "cut", "downsample": None, "detection": "spans"}, "threads": 1,
-                    "minibatch_size": 4, "micro_batch_size": 4},
-    })
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "x"},
+            "model": {
+                "path": str(tiny_model),
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]},
+            },
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "learner": {
+                "objective": {"type": "cut", "downsample": None, "detection": "spans"},
+                "threads": 1,
+                "minibatch_size": 4,
+                "micro_batch_size": 4,
+            },
+        }
+    )
     learner = Learner(cfg.model, cfg.learner)
     tok = learner.tokenizer
     texts = ["the cat sat on the mat", "a dog ran", "the sun"]

@@ -16,26 +16,32 @@ def write(tmp_path, lines, name="d.jsonl"):
 
 
 def test_instruction_input_and_messages_rows(tmp_path):
-    p = write(tmp_path, [
-        json.dumps({"id": "a", "instruction": "Sum these.", "input": "1 2", "reference": "3"}),
-        json.dumps({"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}),
-        json.dumps({"instruction": "Hello", "system": "Be kind."}),
-    ])
+    p = write(
+        tmp_path,
+        [
+            json.dumps({"id": "a", "instruction": "Sum these.", "input": "1 2", "reference": "3"}),
+            json.dumps({"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}),
+            json.dumps({"instruction": "Hello", "system": "Be kind."}),
+        ],
+    )
     a, b, c = load_prompts(p)
     assert a.id == "a" and a.messages[-1].content == "Sum these.\n\n1 2" and a.meta == {"reference": "3"}
     assert b.id == "d-2" and [m.role for m in b.messages] == ["system", "user"]
     assert c.messages[0].content == "Be kind." and c.instruction == "Hello"
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("{not json", "d.jsonl:2: not valid JSON"),
-    ('{"text": "x"}', "d.jsonl:2: needs `messages` (a chat) or `instruction`"),
-    ('{"instruction": ""}', "d.jsonl:2: `instruction` must be a non-empty string"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "d.jsonl:2: bad `messages`"),
-    ('{"messages": [{"role": "assistant", "content": "x"}]}', "d.jsonl:2: `messages` must end with a user turn"),
-    ('{"id": "a", "instruction": "again"}', "d.jsonl:2: duplicate id 'a' (first at line 1)"),
-    ("[1, 2]", "d.jsonl:2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("{not json", "d.jsonl:2: not valid JSON"),
+        ('{"text": "x"}', "d.jsonl:2: needs `messages` (a chat) or `instruction`"),
+        ('{"instruction": ""}', "d.jsonl:2: `instruction` must be a non-empty string"),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "d.jsonl:2: bad `messages`"),
+        ('{"messages": [{"role": "assistant", "content": "x"}]}', "d.jsonl:2: `messages` must end with a user turn"),
+        ('{"id": "a", "instruction": "again"}', "d.jsonl:2: duplicate id 'a' (first at line 1)"),
+        ("[1, 2]", "d.jsonl:2: expected a JSON object"),
+    ],
+)
 def test_bad_rows_name_file_and_line(tmp_path, line, expected):
     p = write(tmp_path, [json.dumps({"id": "a", "instruction": "ok"}), line])
     with pytest.raises(DataError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -67,14 +73,15 @@ def test_stream_uses_every_prompt_once_before_reuse():
     drawn = [s.next_batch() for _ in range(10)]  # 30 draws = 3 full passes
     flat = [i for b in drawn for i in b]
     for start in range(0, 30, 10):
-        assert sorted(flat[start:start + 10]) == list(range(10))
+        assert sorted(flat[start : start + 10]) == list(range(10))
     assert all(len(set(b)) == len(b) for b in drawn), "a batch crossing a pass boundary repeated a prompt"
     assert flat[:10] != flat[10:20], "the second pass was not reshuffled"
 
 
 def test_stream_state_resumes_exactly():
     a = PromptStream(7, 3, seed=5)
-    a.next_batch(); a.next_batch()
+    a.next_batch()
+    a.next_batch()
     b = PromptStream(7, 3, seed=5, state=json.loads(json.dumps(a.state())))
     assert [a.next_batch() for _ in range(5)] == [b.next_batch() for _ in range(5)]
 
@@ -91,8 +98,13 @@ def test_a_saved_hf_dataset_with_a_column_mapping(tmp_path):
 
     rows = {"qid": ["a", "b"], "question": ["What is 2+2?", "Name a colour."], "answer": ["4", "red"]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
-    cfg = validate_config({"name": "t", "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-                           "data": {"path": str(tmp_path / "ds"), "columns": {"id": "qid", "instruction": "question"}}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "data": {"path": str(tmp_path / "ds"), "columns": {"id": "qid", "instruction": "question"}},
+        }
+    )
     a, b = load_data(cfg.data)
     assert (a.id, a.instruction, a.meta) == ("a", "What is 2+2?", {"answer": "4"}) and b.instruction == "Name a colour."
 
@@ -117,5 +129,7 @@ def test_a_hub_dataset_without_network_is_a_data_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match=r"hf:nobody/nothing: could not load split 'train' from the Hugging Face hub .*save_to_disk"):
+    with pytest.raises(
+        DataError, match=r"hf:nobody/nothing: could not load split 'train' from the Hugging Face hub .*save_to_disk"
+    ):
         load_prompts("hf:nobody/nothing")

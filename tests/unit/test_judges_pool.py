@@ -9,8 +9,8 @@ import pytest
 
 from alignloop.loop.roles.judges import JudgeWorker
 from alignloop.loop.steps import JudgeErrorRate
-from alignloop.records import Judgment, Prompt, Sample
 from alignloop.loop.store import read_jsonl, write_jsonl
+from alignloop.records import Judgment, Prompt, Sample
 from tests.judge_fakes import judge, make_steps, prompts_and_samples
 
 HERE = "tests.unit.test_judges_pool"
@@ -28,9 +28,12 @@ class FlakyJudge:
         CALLS.extend(s.id for s in samples)
         self.calls += 1
         await asyncio.sleep(self.delay)
-        return [Judgment(sample_id=s.id, judge=self.name, error="HTTP 503 after 5 attempts") if s.id in BROKEN
-                else Judgment(sample_id=s.id, verdict="positive", score=0.5, critique=f"ok {s.id}", judge=self.name)
-                for s in samples]
+        return [
+            Judgment(sample_id=s.id, judge=self.name, error="HTTP 503 after 5 attempts")
+            if s.id in BROKEN
+            else Judgment(sample_id=s.id, verdict="positive", score=0.5, critique=f"ok {s.id}", judge=self.name)
+            for s in samples
+        ]
 
     def usage(self):
         return {"requests": self.calls * 2, "cost_usd": self.calls * 0.25}
@@ -109,8 +112,11 @@ def test_error_rate_stops_the_run_and_resume_rejudges_only_the_failed(tmp_path):
     failed_ids = {"s001", "s004", "s007"}
     BROKEN.update(failed_ids)
 
-    with pytest.raises(JudgeErrorRate, match=r"3/10 judgments failed \(30% > judging.max_error_rate 20%\).*"
-                                             r"--resume, which judges again only the 3 failed sample\(s\)"):
+    with pytest.raises(
+        JudgeErrorRate,
+        match=r"3/10 judgments failed \(30% > judging.max_error_rate 20%\).*"
+        r"--resume, which judges again only the 3 failed sample\(s\)",
+    ):
         judge_step(first)
     saved = read_jsonl(first.store.iter_dir(1) / "judgments.jsonl", Judgment)
     assert {j.sample_id for j in saved if j.error} == failed_ids and not learned
@@ -127,7 +133,9 @@ def test_error_rate_stops_the_run_and_resume_rejudges_only_the_failed(tmp_path):
     (final,) = learned
     assert [j.sample_id for j in final] == [s.id for s in samples] and all(j.error is None for j in final)
     kept = {j.sample_id: j for j in saved if not j.error}
-    assert all(j == kept[j.sample_id] for j in final if j.sample_id in kept), "successful judgments are kept as they were"
+    assert all(j == kept[j.sample_id] for j in final if j.sample_id in kept), (
+        "successful judgments are kept as they were"
+    )
     assert read_jsonl(resumed.store.iter_dir(1) / "judgments.jsonl", Judgment) == final
     assert resumed.store.load_state().step == "judge"
     p = judged.metrics
@@ -137,8 +145,10 @@ def test_error_rate_stops_the_run_and_resume_rejudges_only_the_failed(tmp_path):
 def test_a_fresh_sample_step_never_reuses_old_judgments(tmp_path):
     prompts, samples = prompts_and_samples([f"r{i}" for i in range(4)])
     cycle = make_steps(flaky(), tmp_path, actors=1)
-    write_jsonl(cycle.store.iter_dir(1) / "judgments.jsonl",
-                [Judgment(sample_id=s.id, verdict="negative", judge="stale") for s in samples])
+    write_jsonl(
+        cycle.store.iter_dir(1) / "judgments.jsonl",
+        [Judgment(sample_id=s.id, verdict="negative", judge="stale") for s in samples],
+    )
     judgments = cycle.judge(1, prompts, samples, {}, retry_failed=False).judgments
     assert {j.judge for j in judgments} == {"flaky"} and len(CALLS) == 4
 
@@ -153,8 +163,9 @@ class MismatchedJudge:
 def test_judge_worker_turns_a_broken_judge_into_error_judgments():
     from alignloop.loop.config import validate_config
 
-    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"},
-                           "judge": {"type": "python", "target": f"{HERE}:MismatchedJudge"}})
+    cfg = validate_config(
+        {"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "python", "target": f"{HERE}:MismatchedJudge"}}
+    )
     worker = JudgeWorker(cfg.judge)
     prompts, samples = prompts_and_samples(["a", "b"])
     out = worker.judge_sync([prompts[0]] * 2, samples)

@@ -39,14 +39,23 @@ def test_everything_imports_through_the_alignloop_namespace():
     for package in ("records", "judges", "policies", "loop"):
         for path in sources(package):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                    else []
+                )
                 bare = [n for n in names if n.split(".")[0] in ("records", "judges", "policies", "loop")]
                 assert not bare, f"{path.relative_to(ROOT)} imports {bare}; import them as alignloop.<name>"
 
 
 def test_imports_flow_one_way():
-    for package, forbidden in [("records", ("loop", "judges", "policies")), ("judges", ("loop",)), ("policies", ("loop",))]:
+    for package, forbidden in [
+        ("records", ("loop", "judges", "policies")),
+        ("judges", ("loop",)),
+        ("policies", ("loop",)),
+    ]:
         for module, names in imports(package).items():
             bad = sorted(n for n in names if n.split(".")[0] in forbidden)
             assert not bad, f"{module} imports {bad}: {package} must not depend on {forbidden}"
@@ -58,4 +67,6 @@ def test_ray_stays_at_the_edges():
     assert allowed <= modules.keys(), f"{sorted(allowed - modules.keys())} no longer exist: update `allowed`"
     for module, names in modules.items():
         if module not in allowed:
-            assert not any(n.split(".")[0] == "ray" for n in names), f"{module} imports ray; Ray calls belong in loop/roles/ray_*.py"
+            assert not any(n.split(".")[0] == "ray" for n in names), (
+                f"{module} imports ray; Ray calls belong in loop/roles/ray_*.py"
+            )

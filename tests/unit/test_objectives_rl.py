@@ -18,9 +18,11 @@ import pytest
 import torch
 
 from alignloop.loop.config import validate_config
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.objectives.advantages import (
-    build_pairs, group_normalized_advantages, mean_baseline_advantages, rloo_advantages,
+    build_pairs,
+    group_normalized_advantages,
+    mean_baseline_advantages,
+    rloo_advantages,
 )
 from alignloop.policies.objectives.base import Context, Example, Objective, RowValue, TrainBatch
 from alignloop.policies.objectives.dpo import dpo_loss
@@ -30,6 +32,7 @@ from alignloop.policies.objectives.ppo import ppo_loss
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.objectives.reinforce import reinforce_loss
 from alignloop.policies.objectives.rwr import rwr_loss, rwr_weights
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 
 def example(pid: str, i: int, score: float | None, verdict: str | None = None) -> Example:
@@ -78,8 +81,12 @@ def test_mean_baseline_and_verdict_rewards():
     """Verdicts become rewards 1 (positive) and 0 (negative). Rewards 1, 0 | 1, 1: the batch
     mean is 0.75, so A = 0.25, -0.75 | 0.25, 0.25 — the flat prompt b still moves, since the
     REINFORCE baseline does not look at prompts."""
-    rows = [example("a", 0, None, "positive"), example("a", 1, None, "negative"),
-            example("b", 0, 1.0), example("b", 1, 1.0)]
+    rows = [
+        example("a", 0, None, "positive"),
+        example("a", 1, None, "negative"),
+        example("b", 0, 1.0),
+        example("b", 1, 1.0),
+    ]
     counts = mean_baseline_advantages(rows)
     assert adv(rows) == pytest.approx([0.25, -0.75, 0.25, 0.25])
     assert counts["n_flat_prompts"] == 1
@@ -99,12 +106,14 @@ def test_reinforce_loss_by_hand_and_padding_is_inert():
     """Row 0: log-probs -1, -2 -> log pi(y) = -3, A = 1.
     Row 1: one pad position, then -0.5 -> log pi(y) = -0.5, A = -2.
     loss = -mean(1 * -3, -2 * -0.5) = -mean(-3, 1) = 1.0. The pad value never counts."""
+
     def batch(pad_value):
         return TrainBatch(
             plain=torch.tensor([[-1.0, -2.0], [pad_value, -0.5]]),
             mask=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
             advantage=torch.tensor([1.0, -2.0]),
         )
+
     assert reinforce_loss(batch(0.0))[0].item() == pytest.approx(1.0)
     assert reinforce_loss(batch(-50.0))[0].item() == pytest.approx(1.0)
 
@@ -180,8 +189,9 @@ def test_ppo_loss_by_hand():
 
 def test_ppo_kl_is_zero_at_the_reference():
     lp = torch.tensor([[-0.3, -2.0]])
-    batch = TrainBatch(plain=lp, mask=torch.ones(1, 2), advantage=torch.tensor([0.0]),
-                       ref_logprobs=lp.clone(), old_logprobs=lp.clone())
+    batch = TrainBatch(
+        plain=lp, mask=torch.ones(1, 2), advantage=torch.tensor([0.0]), ref_logprobs=lp.clone(), old_logprobs=lp.clone()
+    )
     loss, m = ppo_loss(batch, PPOOptions())
     assert loss.item() == pytest.approx(0.0) and m["kl_penalty"] == pytest.approx(0.0)
 
@@ -279,13 +289,26 @@ def test_rwr_select_weights_every_row():
 def learner_for(tiny_model, objective: dict, **learner):
     from alignloop.policies.learner import Learner
 
-    cfg = validate_config({
-        "name": "t", "data": {"path": "x"},
-        "model": {"path": str(tiny_model), "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
-        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-        "learner": {"lr": 1e-2, "minibatch_size": 4, "micro_batch_size": 2, "threads": 1, "schedule": "constant",
-                    "objective": objective, **learner},
-    })
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "x"},
+            "model": {
+                "path": str(tiny_model),
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            },
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "learner": {
+                "lr": 1e-2,
+                "minibatch_size": 4,
+                "micro_batch_size": 2,
+                "threads": 1,
+                "schedule": "constant",
+                "objective": objective,
+                **learner,
+            },
+        }
+    )
     return Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
 
 
@@ -303,7 +326,9 @@ TEXTS = [("yes the sun", 1.0), ("no", 0.0), ("the big red dog ran", 0.5), ("a ca
 
 
 def with_logprobs(rows: list[Example], logprobs: list[list[float]]) -> list[Example]:
-    return [Example(e.prompt, e.sample.model_copy(update={"logprobs": lp}), e.judgment) for e, lp in zip(rows, logprobs)]
+    return [
+        Example(e.prompt, e.sample.model_copy(update={"logprobs": lp}), e.judgment) for e, lp in zip(rows, logprobs)
+    ]
 
 
 def test_old_logprobs_fixed_at_begin_prefer_the_sampler_and_log_the_gap(tiny_model):
@@ -323,7 +348,7 @@ def test_old_logprobs_fixed_at_begin_prefer_the_sampler_and_log_the_gap(tiny_mod
     assert m["ratio"] != pytest.approx(first["ratio"], abs=1e-4), "epoch 2 sees epoch 1's update"
     fixed = learner.batch(rows[:3]).old_logprobs
     for i, e in enumerate(rows[:3]):
-        assert torch.equal(fixed[i, -len(e.sample.logprobs):], torch.tensor(e.sample.logprobs))
+        assert torch.equal(fixed[i, -len(e.sample.logprobs) :], torch.tensor(e.sample.logprobs))
     assert m["old_logprob_gap"] == pytest.approx(0.1, abs=1e-4) and m["n_old_logprobs_recomputed"] == 0
     assert m["n_old_logprobs_checked"] == 4
     assert m["entropy"] > 0 and {"advantage_mean", "advantage_std", "clip_frac", "n_flat_prompts"} <= m.keys()
@@ -362,7 +387,8 @@ def test_sampler_logprobs_cost_no_forward_pass_beyond_the_checked_rows(tiny_mode
     seen = []
     hook = learner.model.register_forward_hook(
         lambda mod, args, kw, out: seen.append(kw["input_ids"].shape[0]) if not torch.is_grad_enabled() else None,
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     try:
         m = learner.learn(rows, iteration=1)
     finally:

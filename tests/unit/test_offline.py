@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from alignloop.loop.data import DataError
 from alignloop.loop.offline import load_examples
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.loop.store import write_jsonl
-from tests.conftest import tiny_config, write_prompts
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,12 +23,15 @@ def write(tmp_path, rows, name="t.jsonl"):
 
 
 def test_cut_format_verdicts_from_judgment_and_score(tmp_path):
-    p = write(tmp_path, [
-        {"instruction": "Name a fruit.", "input": "", "output": "Apple.", "judgment": None},
-        {"instruction": "Add.", "input": "1 2", "output": "4", "judgment": "The sum is wrong; 1 + 2 = 3."},
-        {"instruction": "Greet.", "output": "Hello!", "judgment": "Fine, could be warmer.", "score": 8},
-        {"instruction": "Greet.", "output": "Go away.", "judgment": "Rude.", "score": 2},
-    ])
+    p = write(
+        tmp_path,
+        [
+            {"instruction": "Name a fruit.", "input": "", "output": "Apple.", "judgment": None},
+            {"instruction": "Add.", "input": "1 2", "output": "4", "judgment": "The sum is wrong; 1 + 2 = 3."},
+            {"instruction": "Greet.", "output": "Hello!", "judgment": "Fine, could be warmer.", "score": 8},
+            {"instruction": "Greet.", "output": "Go away.", "judgment": "Rude.", "score": 2},
+        ],
+    )
     ex = load_examples(p)
     assert [e.judgment.verdict for e in ex] == ["positive", "negative", "positive", "negative"]
     assert ex[1].prompt.messages[-1].content == "Add.\n\n1 2" and ex[1].judgment.critique.startswith("The sum")
@@ -41,29 +40,39 @@ def test_cut_format_verdicts_from_judgment_and_score(tmp_path):
 
 
 def test_bad_rows_are_all_reported_with_file_and_line(tmp_path):
-    p = write(tmp_path, [
-        {"instruction": "ok", "output": "fine", "judgment": None},
-        "{oops",
-        {"instruction": "x", "judgment": None},
-        {"instruction": "x", "output": "y"},
-        {"instruction": "x", "output": "y", "judgment": "bad", "score": "high"},
-        {"instruction": "x", "output": "", "judgment": None},
-    ])
+    p = write(
+        tmp_path,
+        [
+            {"instruction": "ok", "output": "fine", "judgment": None},
+            "{oops",
+            {"instruction": "x", "judgment": None},
+            {"instruction": "x", "output": "y"},
+            {"instruction": "x", "output": "y", "judgment": "bad", "score": "high"},
+            {"instruction": "x", "output": "", "judgment": None},
+        ],
+    )
     with pytest.raises(DataError) as e:
         load_examples(p)
     msg = str(e.value)
     assert "5 bad row(s)" in msg
-    for line, what in [(2, "not valid JSON"), (3, "missing `output`"), (4, "missing `judgment`"),
-                       (5, "`score` must be a number"), (6, "`output` must be a non-empty string")]:
+    for line, what in [
+        (2, "not valid JSON"),
+        (3, "missing `output`"),
+        (4, "missing `judgment`"),
+        (5, "`score` must be a number"),
+        (6, "`output` must be a non-empty string"),
+    ]:
         assert f"t.jsonl:{line}: {what}" in msg
 
 
 def test_alignloop_records_and_run_directories(tmp_path):
     prompt = Prompt(id="p", messages=[Message(role="user", content="q")])
     samples = [Sample(id=f"s{i}", prompt_id="p", response=f"r{i}", policy_version=0) for i in range(3)]
-    judgments = [Judgment(sample_id="s0", verdict="negative", critique="No.", judge="j"),
-                 Judgment(sample_id="s1", verdict="positive", judge="j"),
-                 Judgment(sample_id="s2", judge="j", error="Timeout")]  # no signal: not a training row
+    judgments = [
+        Judgment(sample_id="s0", verdict="negative", critique="No.", judge="j"),
+        Judgment(sample_id="s1", verdict="positive", judge="j"),
+        Judgment(sample_id="s2", judge="j", error="Timeout"),
+    ]  # no signal: not a training row
     d = tmp_path / "run" / "iter-0001"
     d.mkdir(parents=True)
     write_jsonl(d / "prompts.jsonl", [prompt])
@@ -71,38 +80,11 @@ def test_alignloop_records_and_run_directories(tmp_path):
     write_jsonl(d / "judgments.jsonl", judgments)
     assert [e.sample.id for e in load_examples(tmp_path / "run")] == ["s0", "s1"]
     assert [e.sample.id for e in load_examples(d)] == ["s0", "s1"]
-    rows = write(tmp_path, [{"prompt": prompt.model_dump(), "sample": samples[0].model_dump(),
-                             "judgment": judgments[0].model_dump()}])
+    rows = write(
+        tmp_path,
+        [{"prompt": prompt.model_dump(), "sample": samples[0].model_dump(), "judgment": judgments[0].model_dump()}],
+    )
     assert load_examples(rows)[0].judgment.critique == "No."
-
-
-def test_train_command_writes_an_adapter_that_a_run_can_start_from(tmp_path, tiny_model):
-    cfg = tiny_config(tiny_model, write_prompts(tmp_path / "p.jsonl"), tmp_path / "run")
-    cfg["learner"]["objective"] = {"type": "cut", "downsample": None}
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    data = write(tmp_path, [
-        {"instruction": "the cat", "output": "the big red dog ran on the mat", "judgment": "Too long."},
-        {"instruction": "the dog", "output": "yes", "judgment": None},
-    ])
-    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "train", str(config), "--data", str(data),
-                          "--out", str(tmp_path / "adapter")], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    assert json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())["n_negative"] == 1
-
-    from alignloop.loop.config import validate_config
-    from alignloop.policies.learner import Learner
-
-    cfg["model"]["adapter"] = str(tmp_path / "adapter")
-    learner = Learner(validate_config(cfg).model, validate_config(cfg).learner)
-    saved = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert learner.export().weights == saved, "a run starting from the adapter serves exactly it as version 0"
-
-    bad = write(tmp_path, [{"instruction": "x"}], name="bad.jsonl")
-    out = subprocess.run([sys.executable, "-m", "alignloop.loop.cli", "train", str(config), "--data", str(bad)],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 2 and "bad.jsonl:1: missing `output`" in out.stderr
 
 
 def test_out_takes_only_a_new_or_empty_directory_or_an_earlier_trains_output(tmp_path, monkeypatch):
@@ -131,9 +113,14 @@ def test_out_takes_only_a_new_or_empty_directory_or_an_earlier_trains_output(tmp
     peft.mkdir()
     (peft / "adapter_config.json").write_text("{}")
     monkeypatch.chdir(tmp_path / "empty")
-    for out, what in [(mine, "holds files alignloop train did not write (thesis.tex)"), (tmp_path / "file.txt", "is a file"),
-                      (tmp_path / "link", "is a symlink"), (peft, "did not write (adapter_config.json)"),
-                      (tmp_path / "empty", "is the current directory"), (tmp_path / "run", None)]:
+    for out, what in [
+        (mine, "holds files alignloop train did not write (thesis.tex)"),
+        (tmp_path / "file.txt", "is a file"),
+        (tmp_path / "link", "is a symlink"),
+        (peft, "did not write (adapter_config.json)"),
+        (tmp_path / "empty", "is the current directory"),
+        (tmp_path / "run", None),
+    ]:
         if what is None:  # a run directory: train would replace the whole run
             from alignloop.loop.store import mark_run_dir
 
@@ -150,7 +137,9 @@ def test_train_refuses_its_out_directory_before_it_trains(tmp_path):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep")
-    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}})
+    cfg = validate_config(
+        {"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}}
+    )
     with pytest.raises(ConfigError, match="--out .*out: holds files"):
         train(cfg, str(tmp_path / "no-such-data.jsonl"), str(tmp_path / "out"))  # no data, no model: refused first
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep"

@@ -6,26 +6,34 @@ import pytest
 import torch
 
 from alignloop.loop.config import validate_config
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
 from alignloop.policies.learner import Learner
 from alignloop.policies.objectives.base import Example
 from alignloop.policies.samplers.hf import HFSampler
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 
 @pytest.fixture(scope="module")
 def cfg(tiny_model):
-    return validate_config({
-        "name": "t", "data": {"path": "x"},
-        "model": {"path": str(tiny_model), "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
-        "sampler": {"samples_per_prompt": 3, "max_new_tokens": 6, "threads": 1},
-        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-        "learner": {"lr": 1e-2, "minibatch_size": 4, "micro_batch_size": 2, "threads": 1, "schedule": "constant"},
-    })
+    return validate_config(
+        {
+            "name": "t",
+            "data": {"path": "x"},
+            "model": {
+                "path": str(tiny_model),
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            },
+            "sampler": {"samples_per_prompt": 3, "max_new_tokens": 6, "threads": 1},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "learner": {"lr": 1e-2, "minibatch_size": 4, "micro_batch_size": 2, "threads": 1, "schedule": "constant"},
+        }
+    )
 
 
-PROMPTS = [Prompt(id=f"p{i}", messages=[Message(role="user", content=text)])
-           for i, text in enumerate(["the cat sat", "a big red dog ran on the mat"])]
+PROMPTS = [
+    Prompt(id=f"p{i}", messages=[Message(role="user", content=text)])
+    for i, text in enumerate(["the cat sat", "a big red dog ran on the mat"])
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,10 @@ def test_learner_logprobs_match_sampler_and_ignore_padding(cfg, sampler):
     learner = Learner(cfg.model, cfg.learner, temperature=1.0, seed=0)
     sampler.load_adapter(learner.export())
     samples = sampler.generate(PROMPTS, iteration=1, seed=3)
-    rows = [Example(PROMPTS[int(s.prompt_id[1:])], s, Judgment(sample_id=s.id, verdict="positive", judge="t"))
-            for s in samples]
+    rows = [
+        Example(PROMPTS[int(s.prompt_id[1:])], s, Judgment(sample_id=s.id, verdict="positive", judge="t"))
+        for s in samples
+    ]
     learner.model.eval()
     with torch.no_grad():
         together = learner.batch(rows)
@@ -148,15 +158,15 @@ def test_restore_with_a_fresh_optimizer_and_a_given_version(cfg):
 
 
 def test_sampler_workdirs_live_in_the_cache_and_dead_samplers_dirs_are_removed(tmp_path, monkeypatch):
-    import subprocess
-    import sys
+    import os
 
+    from alignloop.policies import model
     from alignloop.policies.model import sampler_workdir
 
     monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    left = tmp_path / "samplers" / f"{dead.pid}-abc"  # what a kill -9 leaves behind
+    dead_pid = 4_000_000  # above Linux's pid_max: no process has it
+    assert not model._alive(dead_pid) and model._alive(os.getpid())
+    left = tmp_path / "samplers" / f"{dead_pid}-abc"  # what a kill -9 leaves behind
     (left / "adapter-v3").mkdir(parents=True)
     mine = sampler_workdir()
     assert mine.parent == tmp_path / "samplers" and mine.name.startswith(f"{__import__('os').getpid()}-")

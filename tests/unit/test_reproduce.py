@@ -35,7 +35,11 @@ def test_smoke_run_prints_tables_and_a_line_per_check(capsys):
 def test_checks_compare_measured_values_with_thresholds():
     lines, failed = load().check_lines([("a", 0.96, ">=", 0.95), ("b", 0.51, "<=", 0.5), ("c", 0.0, ">", 0.0)])
     assert failed == 2
-    assert lines[2:] == ["| PASS | a | 0.960 | >= 0.95 |", "| FAIL | b | 0.510 | <= 0.5 |", "| FAIL | c | 0.000 | > 0 |"]
+    assert lines[2:] == [
+        "| PASS | a | 0.960 | >= 0.95 |",
+        "| FAIL | b | 0.510 | <= 0.5 |",
+        "| FAIL | c | 0.000 | > 0 |",
+    ]
 
 
 def test_bad_seeds_are_refused_before_anything_runs(capsys):
@@ -63,6 +67,8 @@ def test_readme_block_is_the_report(tmp_path, capsys):
     printed = []
     module.report("demo", "### Demo", [("a", 1.0, ">=", 0.5)], printed)
     module.write_readme(readme, printed[0] + "\n")
-    assert readme.read_text() == ("intro\n<!-- reproduce:begin -->\n### Demo\n\n#### Checks: demo\n\n"
-                                  "| result | check | measured | threshold |\n|---|---|---|---|\n"
-                                  "| PASS | a | 1.000 | >= 0.5 |\n<!-- reproduce:end -->\nafter\n")
+    assert readme.read_text() == (
+        "intro\n<!-- reproduce:begin -->\n### Demo\n\n#### Checks: demo\n\n"
+        "| result | check | measured | threshold |\n|---|---|---|---|\n"
+        "| PASS | a | 1.000 | >= 0.5 |\n<!-- reproduce:end -->\nafter\n"
+    )

@@ -42,16 +42,18 @@ def test_implementation_satisfies_protocol(protocol, cls):
     source = inspect.getsource(cls)
     for name, spec in wanted.items():
         if spec is None:  # an attribute: set in __init__ (or a class attribute)
-            assert hasattr(cls, name) or f"self.{name} =" in source or f"self.{name}," in source, \
+            assert hasattr(cls, name) or f"self.{name} =" in source or f"self.{name}," in source, (
                 f"{cls.__name__} has no attribute {name!r} of {protocol.__name__}"
+            )
             continue
         impl = getattr(cls, name, None)
         assert impl is not None, f"{cls.__name__} lacks {name}() of {protocol.__name__}"
         want = [p.name for p in inspect.signature(spec).parameters.values()]
         have = [p.name for p in inspect.signature(impl).parameters.values()]
         assert have == want, f"{cls.__name__}.{name}{have} does not match {protocol.__name__}.{name}{want}"
-        assert inspect.iscoroutinefunction(impl) == inspect.iscoroutinefunction(spec), \
+        assert inspect.iscoroutinefunction(impl) == inspect.iscoroutinefunction(spec), (
             f"{cls.__name__}.{name}: async in one and not the other"
+        )
 
 
 def test_a_class_missing_a_method_is_caught():

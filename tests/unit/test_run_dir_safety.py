@@ -14,8 +14,15 @@ from alignloop.loop.store import MARKER, RunState, RunStore, check_run_dir, prep
 
 
 def config(run_dir, **over):
-    return validate_config({"name": "t", "run_dir": str(run_dir), "data": {"path": "p.jsonl"},
-                            "judge": {"type": "rules", "checks": [{"type": "finished"}]}, **over})
+    return validate_config(
+        {
+            "name": "t",
+            "run_dir": str(run_dir),
+            "data": {"path": "p.jsonl"},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            **over,
+        }
+    )
 
 
 def users_dir(path):
@@ -96,8 +103,14 @@ def test_overwrite_removes_only_what_a_run_wrote(tmp_path):
     (d / "iter-notes").mkdir()
     (d / "offline-adapter").mkdir()  # `alignloop train`'s default output: not the run's to delete
     prepare_run_dir(config(d, seed=1), resume=False, overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == [".alignloop-run", ".lock", "config.yaml", "iter-notes", "notes.txt",
-                                                   "offline-adapter"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        ".alignloop-run",
+        ".lock",
+        "config.yaml",
+        "iter-notes",
+        "notes.txt",
+        "offline-adapter",
+    ]
     assert "seed: 1" in (d / "config.yaml").read_text()
 
 

@@ -42,15 +42,23 @@ def test_the_ledger_skips_what_other_rounds_drew_by_content(tmp_path):
     night1 = load_prompts(write(tmp_path / "n1.jsonl", "alpha", "beta"))
     series.record_drawn("n1", night1)
     night2 = load_prompts(write(tmp_path / "n2.jsonl", "beta", "gamma", "gamma", ids=["other-id", "g1", "g2"]))
-    assert [p.id for p in series.new_prompts(night2, "n2")] == ["g1"], "same text under another id is not new, nor a repeat"
+    assert [p.id for p in series.new_prompts(night2, "n2")] == ["g1"], (
+        "same text under another id is not new, nor a repeat"
+    )
     assert [p.id for p in series.new_prompts(night1, "n1")] == ["n1-1", "n1-2"], "a round's own draw stays its own"
     series.record_drawn("n1", night1)  # a rerun records its draw once
     assert len(series.ledger()) == 2
 
 
 def test_gate_verdicts():
-    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-                           "round": {"eval": {"path": "e.jsonl", "margin": 0.05}}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "p.jsonl"},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "round": {"eval": {"path": "e.jsonl", "margin": 0.05}},
+        }
+    )
     assert gate_verdict(cfg, {"pass_rate": 0.5}, {"pass_rate": 0.46})[0] is True, "within the margin"
     ok, why = gate_verdict(cfg, {"pass_rate": 0.5}, {"pass_rate": 0.4})
     assert not ok and "fell 0.500 -> 0.400, more than the margin 0.05; current stays" in why
@@ -61,8 +69,13 @@ def test_gate_verdicts():
 
 
 def test_a_round_is_an_ordinary_run_of_its_drawn_prompts(tmp_path):
-    cfg = validate_config({"name": "t", "data": {"path": "p/{round}.jsonl", "prompts_per_iteration": 16},
-                           "judge": {"type": "rules", "checks": [{"type": "finished"}]}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "p/{round}.jsonl", "prompts_per_iteration": 16},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        }
+    )
     rcfg = round_config(cfg, tmp_path / "rounds" / "r1", n_prompts=5)
     assert rcfg.resolved_run_dir == tmp_path / "rounds" / "r1"
     assert rcfg.data.path == str(tmp_path / "rounds" / "r1" / "prompts.jsonl") and rcfg.data.prompts_per_iteration == 5
@@ -82,7 +95,8 @@ def test_series_file_round_trip_and_damage(tmp_path):
 
 def test_state_json_of_an_older_run_still_loads(tmp_path):
     store = RunStore(tmp_path)
-    store.state_path.write_text(json.dumps({"iteration": 2, "step": "learn", "adapter_version": 2,
-                                            "adapter_checksum": "abc", "data": {}}))
+    store.state_path.write_text(
+        json.dumps({"iteration": 2, "step": "learn", "adapter_version": 2, "adapter_checksum": "abc", "data": {}})
+    )
     state = store.load_state()
     assert (state.base, state.origin, state.last_learned()) == (0, None, 2)

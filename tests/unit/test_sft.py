@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from alignloop.records import Judgment, Message, Prompt, Sample
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.options import SFTOptions
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.objectives.sft import sft_loss
+from alignloop.records import Judgment, Message, Prompt, Sample
 
 
 def test_sft_loss_by_hand():
@@ -43,7 +43,12 @@ def test_min_score_admits_high_scores():
 
 
 def test_best_of_n_keeps_each_prompts_best_whatever_its_verdict():
-    rows = [example("a", 0, "negative", 0.2), example("a", 1, "negative", 0.6), example("a", 2, "negative", 0.6),
-            example("b", 0, "positive", 1.0), example("b", 1, "negative", 0.0)]
+    rows = [
+        example("a", 0, "negative", 0.2),
+        example("a", 1, "negative", 0.6),
+        example("a", 2, "negative", 0.6),
+        example("b", 0, "positive", 1.0),
+        example("b", 1, "negative", 0.0),
+    ]
     keep, _ = build_objective(SFTOptions(best_of_n=True)).select(rows, np.random.default_rng(0))
     assert [e.sample.id for e in keep] == ["a#1", "b#0"]

@@ -36,39 +36,54 @@ def rule_spans(check: dict, text: str, finish="stop") -> list[str] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("check, text, finish, expected", [
-    ({"type": "banned_phrases", "phrases": ["that", "very"], "whole_words": True},
-     "That is very odd, and that matters.", "stop", ["That", "very", "that"]),
-    ({"type": "banned_phrases", "phrases": ["as an ai"]}, "As an AI, I think as an ai would.", "stop",
-     ["As an AI", "as an ai"]),
-    ({"type": "max_words", "limit": 3}, "one two three four five.", "stop", ["four five."]),
-    ({"type": "max_sentences", "limit": 1}, "One. Two!  Three", "stop", ["Two!  Three"]),
-    ({"type": "max_chars", "limit": 5}, "abcdefgh", "stop", ["fgh"]),
-    ({"type": "finished"}, "Tides rise. They fall because the", "length", ["They fall because the"]),
-    ({"type": "finished"}, "Tides rise because the moon", "length", ["Tides rise because the moon"]),
-    ({"type": "no_lists"}, "Steps:\n1. Boil\n- Eat", "stop", ["1. Boil", "- Eat"]),
-    ({"type": "regex", "pattern": r"\d+", "must": "not_match"}, "It is 42 or 7.", "stop", ["42", "7"]),
-    ({"type": "starts_with", "prefix": "Yes"}, "  No, it is not.", "stop", ["No,"]),
-    ({"type": "ends_with", "suffix": "Done."}, "It is 4.", "stop", [""]),
-])
+@pytest.mark.parametrize(
+    "check, text, finish, expected",
+    [
+        (
+            {"type": "banned_phrases", "phrases": ["that", "very"], "whole_words": True},
+            "That is very odd, and that matters.",
+            "stop",
+            ["That", "very", "that"],
+        ),
+        (
+            {"type": "banned_phrases", "phrases": ["as an ai"]},
+            "As an AI, I think as an ai would.",
+            "stop",
+            ["As an AI", "as an ai"],
+        ),
+        ({"type": "max_words", "limit": 3}, "one two three four five.", "stop", ["four five."]),
+        ({"type": "max_sentences", "limit": 1}, "One. Two!  Three", "stop", ["Two!  Three"]),
+        ({"type": "max_chars", "limit": 5}, "abcdefgh", "stop", ["fgh"]),
+        ({"type": "finished"}, "Tides rise. They fall because the", "length", ["They fall because the"]),
+        ({"type": "finished"}, "Tides rise because the moon", "length", ["Tides rise because the moon"]),
+        ({"type": "no_lists"}, "Steps:\n1. Boil\n- Eat", "stop", ["1. Boil", "- Eat"]),
+        ({"type": "regex", "pattern": r"\d+", "must": "not_match"}, "It is 42 or 7.", "stop", ["42", "7"]),
+        ({"type": "starts_with", "prefix": "Yes"}, "  No, it is not.", "stop", ["No,"]),
+        ({"type": "ends_with", "suffix": "Done."}, "It is 4.", "stop", [""]),
+    ],
+)
 def test_localised_checks_give_exact_spans(check, text, finish, expected):
     assert rule_spans(check, text, finish) == expected
 
 
-@pytest.mark.parametrize("check, text", [
-    ({"type": "min_words", "limit": 5}, "Too short."),
-    ({"type": "valid_json"}, "{nope"),
-    ({"type": "required_keywords", "keywords": ["moon"]}, "The sun."),
-    ({"type": "regex", "pattern": "Answer"}, "No answer here."),
-])
+@pytest.mark.parametrize(
+    "check, text",
+    [
+        ({"type": "min_words", "limit": 5}, "Too short."),
+        ({"type": "valid_json"}, "{nope"),
+        ({"type": "required_keywords", "keywords": ["moon"]}, "The sun."),
+        ({"type": "regex", "pattern": "Answer"}, "No answer here."),
+    ],
+)
 def test_checks_with_no_place_give_no_spans(check, text):
     assert rule_spans(check, text) is None
 
 
 def test_passing_response_has_no_spans_and_spans_of_several_checks_merge():
     assert rule_spans({"type": "max_words", "limit": 9}, "Fine.") is None
-    j = build_judge(RulesJudgeConfig(checks=[{"type": "max_words", "limit": 2},
-                                             {"type": "banned_phrases", "phrases": ["moon"]}]))
+    j = build_judge(
+        RulesJudgeConfig(checks=[{"type": "max_words", "limit": 2}, {"type": "banned_phrases", "phrases": ["moon"]}])
+    )
     (out,) = asyncio.run(j.judge([PROMPT], [sample("The moon pulls water")]))
     assert [(s.start, s.end) for s in out.spans] == [(4, 8), (9, 20)]  # "moon", then "pulls water"
 
@@ -104,8 +119,9 @@ def test_quotes_are_located_exactly_then_ignoring_case_and_whitespace():
 
 def test_parsed_reply_gives_spans_for_a_negative_only():
     s = sample("Tides come from the Sun.")
-    neg = parse_judgment('{"critique": "Wrong body.", "quotes": ["the sun", "Mars"], "verdict": "unsatisfactory", '
-                         '"score": 2}').judgment(s, "api", 0.0)
+    neg = parse_judgment(
+        '{"critique": "Wrong body.", "quotes": ["the sun", "Mars"], "verdict": "unsatisfactory", "score": 2}'
+    ).judgment(s, "api", 0.0)
     assert [(x.start, x.end) for x in neg.spans] == [(16, 23)] and neg.unlocated_quotes == 1
     pos = parse_judgment('{"critique": "Fine.", "quotes": ["Tides"], "verdict": "satisfactory", "score": 9}')
     assert pos.judgment(s, "api", 0.0).spans is None
@@ -122,16 +138,19 @@ RANGES = [(0, 1), (1, 5), (5, 9), (9, 12), (12, 18), (18, 22), (22, 23), (23, 23
 SPECIAL = [False] * 7 + [True]
 
 
-@pytest.mark.parametrize("spans, expected", [
-    ([(10, 22)], [0, 0, 0, 1, 1, 1, 0, 0]),  # "unbelievable": a word of three tokens
-    ([(14, 15)], [0, 0, 0, 0, 1, 0, 0, 0]),  # one character inside a token marks the token
-    ([(0, 5)], [1, 1, 0, 0, 0, 0, 0, 0]),  # the very start
-    ([(22, 23)], [0, 0, 0, 0, 0, 0, 1, 0]),  # the last character: the end-of-turn token is not in it
-    ([(23, 23)], [0, 0, 0, 0, 0, 0, 0, 1]),  # an empty span at the end: the end-of-turn token
-    ([(9, 9)], [0, 0, 0, 1, 0, 0, 0, 0]),  # an empty span elsewhere: the token at that offset
-    ([(1, 12), (10, 20)], [0, 1, 1, 1, 1, 1, 0, 0]),  # overlapping spans: their union
-    ([], [0] * 8),
-])
+@pytest.mark.parametrize(
+    "spans, expected",
+    [
+        ([(10, 22)], [0, 0, 0, 1, 1, 1, 0, 0]),  # "unbelievable": a word of three tokens
+        ([(14, 15)], [0, 0, 0, 0, 1, 0, 0, 0]),  # one character inside a token marks the token
+        ([(0, 5)], [1, 1, 0, 0, 0, 0, 0, 0]),  # the very start
+        ([(22, 23)], [0, 0, 0, 0, 0, 0, 1, 0]),  # the last character: the end-of-turn token is not in it
+        ([(23, 23)], [0, 0, 0, 0, 0, 0, 0, 1]),  # an empty span at the end: the end-of-turn token
+        ([(9, 9)], [0, 0, 0, 1, 0, 0, 0, 0]),  # an empty span elsewhere: the token at that offset
+        ([(1, 12), (10, 20)], [0, 1, 1, 1, 1, 1, 0, 0]),  # overlapping spans: their union
+        ([], [0] * 8),
+    ],
+)
 def test_spans_cover_the_tokens_they_overlap(spans, expected):
     got = covered_tokens(RANGES, SPECIAL, [Span(start=a, end=b) for a, b in spans])
     assert [int(x) for x in got] == expected
@@ -146,8 +165,9 @@ def byte_level_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["the tides are strong", "the moon pulls the sea"] * 20, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
 
@@ -169,7 +189,9 @@ def test_offsets_come_from_the_sampled_ids():
     mask = span_token_mask(tok, ids, response, [Span(start=ja, end=ja + 1)])
     assert [k for k, m in enumerate(mask) if m] == byte_tokens
     word = response.index("café")
-    mask = span_token_mask(tok, ids, response, [Span(start=word, end=word + 4), Span(start=len(response), end=len(response))])
+    mask = span_token_mask(
+        tok, ids, response, [Span(start=word, end=word + 4), Span(start=len(response), end=len(response))]
+    )
     assert "".join(dict.fromkeys(pieces[k] for k, m in enumerate(mask) if m)).strip() == "café"
     assert mask[-1]  # and the end-of-turn token, from the empty span at the end
 
@@ -191,15 +213,24 @@ def cut_batch() -> TrainBatch:
     plain = torch.log(torch.full((2, 3), 0.5))
     judged = plain.clone()
     judged[:, 2] += 1.0
-    return TrainBatch(plain=plain, judged=judged, mask=torch.ones(2, 3), negative=torch.ones(2),
-                      span_mask=torch.tensor([[1.0, 0, 0], [0, 0, 0]]), has_spans=torch.tensor([1.0, 0.0]))
+    return TrainBatch(
+        plain=plain,
+        judged=judged,
+        mask=torch.ones(2, 3),
+        negative=torch.ones(2),
+        span_mask=torch.tensor([[1.0, 0, 0], [0, 0, 0]]),
+        has_spans=torch.tensor([1.0, 0.0]),
+    )
 
 
-@pytest.mark.parametrize("detection, expected", [
-    ("ratio", [[0, 0, 1], [0, 0, 1]]),
-    ("spans", [[1, 0, 0], [0, 0, 0]]),
-    ("auto", [[1, 0, 0], [0, 0, 1]]),
-])
+@pytest.mark.parametrize(
+    "detection, expected",
+    [
+        ("ratio", [[0, 0, 1], [0, 0, 1]]),
+        ("spans", [[1, 0, 0], [0, 0, 0]]),
+        ("auto", [[1, 0, 0], [0, 0, 1]]),
+    ],
+)
 def test_detection_modes(detection, expected):
     got = inappropriate_tokens(cut_batch(), CUTOptions(detection=detection, threshold=2.0))
     assert got.tolist() == expected

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from alignloop.records import Judgment
 from alignloop.loop.cursor import Cursor
 from alignloop.loop.store import RunState, RunStore, atomic_write_dir, atomic_write_text, read_jsonl, write_jsonl
+from alignloop.records import Judgment
 
 
 def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
@@ -44,13 +44,17 @@ def test_atomic_write_dir_swaps_whole_directory(tmp_path):
 
 
 def test_jsonl_roundtrip(tmp_path):
-    js = [Judgment(sample_id="s1", verdict="positive", score=1.0, judge="r"),
-          Judgment(sample_id="s2", judge="r", error="Timeout")]
+    js = [
+        Judgment(sample_id="s1", verdict="positive", score=1.0, judge="r"),
+        Judgment(sample_id="s2", judge="r", error="Timeout"),
+    ]
     write_jsonl(tmp_path / "j.jsonl", js)
     assert read_jsonl(tmp_path / "j.jsonl", Judgment) == js
 
 
-@pytest.mark.parametrize("step, expected", [("sample", (3, "judge")), ("judge", (3, "learn")), ("learn", (4, "sample"))])
+@pytest.mark.parametrize(
+    "step, expected", [("sample", (3, "judge")), ("judge", (3, "learn")), ("learn", (4, "sample"))]
+)
 def test_next_step(step, expected):
     assert RunState(iteration=3, step=step).next_step() == expected
 

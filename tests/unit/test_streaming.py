@@ -8,13 +8,12 @@ import asyncio
 
 import pytest
 
+from alignloop.loop.config import validate_config
 from alignloop.loop.roles.judges import judge_queue
 from alignloop.loop.roles.protocols import JudgeChunk
-from alignloop.loop.config import validate_config
 from alignloop.records import Judgment
 from tests.conftest import tiny_config, write_prompts
-from tests.helpers import artifacts
-from tests.helpers import run_in_process
+from tests.helpers import artifacts, run_in_process
 
 SLOW = {"type": "python", "target": "tests.judge_fakes:SlowRules", "options": {"delay_s": 0.2, "max_words": 4}}
 
@@ -22,9 +21,17 @@ SLOW = {"type": "python", "target": "tests.judge_fakes:SlowRules", "options": {"
 def config(tmp_path, tiny_model, name: str, streaming: bool):
     # One prompt per sampler chunk and judge chunks of 2 samples: judge chunks straddle
     # sampler chunks, so a judge chunk waits for two of them.
-    return validate_config(tiny_config(tiny_model, write_prompts(tmp_path / "p.jsonl"), tmp_path / name, iterations=2,
-                                       judge=SLOW, sampler={"batch_size": 1, "samples_per_prompt": 3},
-                                       judging={"actors": 2, "chunk_size": 2, "streaming": streaming}))
+    return validate_config(
+        tiny_config(
+            tiny_model,
+            write_prompts(tmp_path / "p.jsonl"),
+            tmp_path / name,
+            iterations=2,
+            judge=SLOW,
+            sampler={"batch_size": 1, "samples_per_prompt": 3},
+            judging={"actors": 2, "chunk_size": 2, "streaming": streaming},
+        )
+    )
 
 
 def test_streaming_gives_the_artifacts_of_one_phase_after_the_other(tmp_path, tiny_model):

@@ -25,7 +25,9 @@ def test_the_guard_refuses_a_subprocess_ray_and_the_embedded_model():
     # A guard of its own inside the one this test runs under: what it records stays here.
     before = subprocess.Popen.__dict__["__init__"]
     with purity_guard() as seen:
-        with pytest.raises(ImpureUnitTest, match=r"starts a subprocess \['true'\].*move this test to tests/integration"):
+        with pytest.raises(
+            ImpureUnitTest, match=r"starts a subprocess \['true'\].*move this test to tests/integration"
+        ):
             subprocess.run(["true"])
         with pytest.raises(ImpureUnitTest, match="starts a subprocess"):
             asyncio.run(asyncio.create_subprocess_exec("true"))
@@ -47,8 +49,11 @@ def test_every_integration_module_carries_the_marker():
     assert len(modules) >= 6, "tests/integration was not found"
     unmarked = []
     for path in modules:
-        marks = [ast.unparse(node.value) for node in ast.parse(path.read_text()).body
-                 if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets)]
+        marks = [
+            ast.unparse(node.value)
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets)
+        ]
         if not any("pytest.mark.integration" in m for m in marks):
             unmarked.append(path.name)
     assert not unmarked, f"{unmarked}: put `pytestmark = pytest.mark.integration` in each tests/integration module"

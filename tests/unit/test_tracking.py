@@ -26,8 +26,14 @@ def scalar_steps(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_tensorboard_gets_every_iteration_once_across_a_resume(tmp_path, tiny_model):
-    raw = tiny_config(tiny_model, write_prompts(tmp_path / "p.jsonl"), tmp_path / "run", iterations=2,
-                      judging={"actors": 1}, sampler={"replicas": 1})
+    raw = tiny_config(
+        tiny_model,
+        write_prompts(tmp_path / "p.jsonl"),
+        tmp_path / "run",
+        iterations=2,
+        judging={"actors": 1},
+        sampler={"replicas": 1},
+    )
     first = run_in_process(validate_config(raw))
     tb = tmp_path / "run" / "tracking" / "tensorboard"
     assert [s for s, _ in scalar_steps(tb, "train/pass_rate")] == [1, 2]
@@ -49,21 +55,49 @@ def test_tensorboard_gets_every_iteration_once_across_a_resume(tmp_path, tiny_mo
 
 
 def test_scalars_group_metrics_and_skip_what_is_not_a_number():
-    out = scalars({"pass_rate": 0.5, "judge_cost_usd": 0.1, "sample_s": 2.0, "tokens_sampled": 100,
-                   "adapter_checksum": "abc", "mean_score": None, "flag": True})
-    assert out == {"train/pass_rate": 0.5, "judge/judge_cost_usd": 0.1, "time/sample_s": 2.0,
-                   "train/tokens_sampled": 100.0, "time/tokens_per_s": 50.0}
+    out = scalars(
+        {
+            "pass_rate": 0.5,
+            "judge_cost_usd": 0.1,
+            "sample_s": 2.0,
+            "tokens_sampled": 100,
+            "adapter_checksum": "abc",
+            "mean_score": None,
+            "flag": True,
+        }
+    )
+    assert out == {
+        "train/pass_rate": 0.5,
+        "judge/judge_cost_usd": 0.1,
+        "time/sample_s": 2.0,
+        "train/tokens_sampled": 100.0,
+        "time/tokens_per_s": 50.0,
+    }
 
 
 def test_a_backend_without_its_package_is_a_config_error(monkeypatch):
     import importlib.util
 
-    cfg = validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-                           "tracking": {"backends": ["tensorboard", "wandb"]}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": "p.jsonl"},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "tracking": {"backends": ["tensorboard", "wandb"]},
+        }
+    )
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"lists 'wandb' but the wandb package is not installed; pip install 'alignloop\[wandb\]'"):
+    with pytest.raises(
+        ConfigError, match=r"lists 'wandb' but the wandb package is not installed; pip install 'alignloop\[wandb\]'"
+    ):
         check_backends(cfg)
     with pytest.raises(ConfigError, match="lists a backend twice"):
-        validate_config({"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]},
-                         "tracking": {"backends": ["tensorboard", "tensorboard"]}})
+        validate_config(
+            {
+                "name": "t",
+                "data": {"path": "p.jsonl"},
+                "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+                "tracking": {"backends": ["tensorboard", "tensorboard"]},
+            }
+        )

@@ -14,21 +14,31 @@ from alignloop.policies.vllm_engine import VLLMEngineOptions, VLLMMissing, engin
 
 
 def config(**over) -> dict:
-    return {"name": "t", "data": {"path": "p.jsonl"}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}, **over}
+    return {
+        "name": "t",
+        "data": {"path": "p.jsonl"},
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        **over,
+    }
 
 
-@pytest.mark.parametrize("temperature, top_p, mode", [
-    (0.7, 1.0, "processed_logprobs"),  # after temperature; top-p 1 changes nothing
-    (1.0, 0.9, "raw_logprobs"),  # before top-p; temperature 1 changes nothing
-    (1.0, 1.0, "processed_logprobs"),
-    (0.7, 0.9, None),  # no vLLM mode is log_softmax(logits / T) without the nucleus
-])
+@pytest.mark.parametrize(
+    "temperature, top_p, mode",
+    [
+        (0.7, 1.0, "processed_logprobs"),  # after temperature; top-p 1 changes nothing
+        (1.0, 0.9, "raw_logprobs"),  # before top-p; temperature 1 changes nothing
+        (1.0, 1.0, "processed_logprobs"),
+        (0.7, 0.9, None),  # no vLLM mode is log_softmax(logits / T) without the nucleus
+    ],
+)
 def test_logprobs_mode_gives_the_learners_logprobs_or_none(temperature, top_p, mode):
     assert logprobs_mode(temperature, top_p) == mode
 
 
 def test_engine_kwargs_map_the_options():
-    opts = VLLMEngineOptions(kv_cache_gib=0.5, max_model_len=1024, engine_kwargs={"enforce_eager": True, "quantization": "fp8"})
+    opts = VLLMEngineOptions(
+        kv_cache_gib=0.5, max_model_len=1024, engine_kwargs={"enforce_eager": True, "quantization": "fp8"}
+    )
     kw = engine_kwargs("/m", "float32", opts, seed=3)
     assert kw["kv_cache_memory_bytes"] == 2**29 and kw["max_model_len"] == 1024 and kw["seed"] == 3
     assert kw["dtype"] == "float32", "no engine dtype: the model's"
@@ -37,13 +47,22 @@ def test_engine_kwargs_map_the_options():
     assert engine_kwargs("/m", "float32", VLLMEngineOptions(dtype="bfloat16"), 0)["dtype"] == "bfloat16"
 
 
-@pytest.mark.parametrize("over, expected", [
-    ({"sampler": {"vllm": {"kv_cache_gib": 1}}}, "sampler.vllm is set but sampler.backend is 'hf'"),
-    ({"sampler": {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}}, "set sampler.num_gpus: 1 (got 0"),
-    ({"sampler": {"backend": "vllm"}, "model": {"lora": {"r": 32}}}, "set sampler.vllm.max_lora_rank to at least 32"),
-    ({"sampler": {"backend": "vllm", "vllm": {"max_lora_rank": 12}}}, "sampler.vllm.max_lora_rank: Input should be 8, 16"),
-    ({"judge": {"type": "critique_model", "path": "m", "vllm": {}}}, "judge.vllm is set but judge.backend is 'hf'"),
-])
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        ({"sampler": {"vllm": {"kv_cache_gib": 1}}}, "sampler.vllm is set but sampler.backend is 'hf'"),
+        ({"sampler": {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}}, "set sampler.num_gpus: 1 (got 0"),
+        (
+            {"sampler": {"backend": "vllm"}, "model": {"lora": {"r": 32}}},
+            "set sampler.vllm.max_lora_rank to at least 32",
+        ),
+        (
+            {"sampler": {"backend": "vllm", "vllm": {"max_lora_rank": 12}}},
+            "sampler.vllm.max_lora_rank: Input should be 8, 16",
+        ),
+        ({"judge": {"type": "critique_model", "path": "m", "vllm": {}}}, "judge.vllm is set but judge.backend is 'hf'"),
+    ],
+)
 def test_vllm_config_errors_name_the_fix(over, expected):
     with pytest.raises(ConfigError) as e:
         validate_config(config(**over))
