@@ -47,7 +47,7 @@ class RayLearner:
     ) -> dict[str, float]:
         ref = self.handle.learn.remote(examples, iteration, version)
         while on_progress and not ray.wait([ref], timeout=PROGRESS_POLL_S)[0]:
-            on_progress(*self._get("progress", self.handle.progress.remote()))
+            on_progress(*self._get("learn", self.handle.progress.remote()))  # it died learning
         return self._get("learn", ref)
 
     def export(self) -> Exported:

@@ -119,8 +119,9 @@ class SamplerReplicas:
         while k in self.live:
             try:
                 self._reload(k)
+                what = "lost its adapter" if isinstance(error, AdapterMismatch) else "died"
                 print(
-                    f"sampler {k} lost its adapter ({error}); serving adapter v{self.adapter.payload.version} "
+                    f"sampler {k} {what} ({error}); restarted, serving adapter v{self.adapter.payload.version} "
                     "again, retrying its chunk",
                     flush=True,
                 )

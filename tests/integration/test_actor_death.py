@@ -84,10 +84,10 @@ def test_a_sampler_killed_mid_chunk_is_restarted_and_its_chunk_sampled_again(tmp
 def test_the_learner_killed_mid_training_stops_the_run_cleanly_and_resume_completes(tmp_path, tiny_model, reference):
     config = write_config(tmp_path, tiny_model, "killed", **SETTINGS)
     proc = alignloop("run", str(config))
-    state = kill_when(proc, tmp_path / "killed", [(2, "judge"), (3, "judge")], "ray::Learner.step")
+    state = kill_when(proc, tmp_path / "killed", [(2, "judge"), (3, "judge")], "ray::Learner.learn")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 7, out
-    assert "the learner actor died during step()" in out and "--resume" in out and "Traceback" not in out
+    assert "the learner actor died during learn()" in out and "--resume" in out and "Traceback" not in out
     assert state_of(tmp_path / "killed") == state, "everything finished before the kill is kept"
     finish(alignloop("run", str(config), "--resume"))
     assert_same(reference, artifacts(tmp_path / "killed"))
