@@ -91,7 +91,20 @@ def test_a_clean_venv_imports_alignloop_beside_pypis_records_and_judges(wheel, t
     python = venv / "bin" / "python"
     # PyPI's packages first, then the wheel over them: a wheel that shipped a top-level
     # records/ or judges/ would overwrite or shadow them, and the checks below would see it.
-    run(python, "-m", "pip", "install", "-q", "records", "judges", "pydantic>=2.8", "pyyaml>=6.0", cwd=tmp_path)
+    run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "records",
+        "judges",
+        "pydantic>=2.8",
+        "pyyaml>=6.0",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        cwd=tmp_path,
+    )
     run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
 
     # -I: no PYTHONPATH, no user site, not the current directory; tmp_path is outside the tree
