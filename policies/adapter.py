@@ -29,6 +29,13 @@ def check_serving(served: tuple[int | None, str | None], expected: tuple[int, st
         )
 
 
+def canonical_config(config: dict) -> dict:
+    """PEFT keeps target_modules as a set and writes it in the order the set iterates, which
+    changes from process to process; sorted, identical runs write identical adapter_config.json."""
+    modules = config.get("target_modules")
+    return {**config, "target_modules": sorted(modules)} if isinstance(modules, list) else config
+
+
 @dataclass(frozen=True)
 class AdapterPayload:
     version: int
@@ -38,7 +45,7 @@ class AdapterPayload:
 
     @classmethod
     def create(cls, version: int, weights: bytes, config: dict) -> AdapterPayload:
-        return cls(version, weights, config, hashlib.sha256(weights).hexdigest())
+        return cls(version, weights, canonical_config(config), hashlib.sha256(weights).hexdigest())
 
     @classmethod
     def from_dir(cls, path: str | Path, version: int) -> AdapterPayload:

@@ -200,3 +200,16 @@ def test_a_merged_adapter_samples_as_the_unmerged_one_and_versions_swap_exactly(
     for x, y in zip(a, c):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
     assert not any(isinstance(m, torch.nn.Module) and getattr(m, "merged", False) for m in unmerged.model.modules())
+
+
+def test_adapter_config_is_written_the_same_whatever_order_peft_lists_target_modules():
+    """PEFT iterates a set: two identical runs listed target_modules in different orders."""
+    from alignloop.policies.adapter import AdapterPayload
+
+    a = AdapterPayload.create(1, b"w", {"r": 8, "target_modules": ["v_proj", "q_proj", "o_proj"]})
+    b = AdapterPayload.create(1, b"w", {"r": 8, "target_modules": ["o_proj", "q_proj", "v_proj"]})
+    assert a.files() == b.files() and a.config["target_modules"] == ["o_proj", "q_proj", "v_proj"]
+    assert (
+        AdapterPayload.create(1, b"w", {"r": 8, "target_modules": "all-linear"}).config["target_modules"]
+        == "all-linear"
+    )
