@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -88,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return Exit.OK
     except ConfigError as e:
         print(f"alignloop: {e}", file=sys.stderr)
+        if args.command == "round" and args.json:  # a scheduler reads this line, whatever happened
+            print(json.dumps({"series": None, "code": Exit.CONFIG, "round": args.round_id}))
         return Exit.CONFIG
 
     from alignloop.loop.api import run as run_cycle  # running imports torch and Ray
@@ -124,19 +125,21 @@ def guarded(work) -> int:
 
 
 def run_round(cfg, round_id: str, as_json: bool) -> int:
+    """The round, its message, and with `as_json` its one JSON line, printed whatever happened
+    (a crash's line says code 1 before the traceback)."""
     from alignloop.loop.api import run_round as run_one_round
 
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", round_id):
-        print(f"alignloop: --round {round_id!r}: use only letters, digits, '.', '_' and '-'", file=sys.stderr)
-        return Exit.CONFIG
-    result = []
-    code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
-    if result:
-        code = result[0].code
-        print(result[0].message, file=sys.stderr if code else sys.stdout)
-    if as_json:
-        summary = result[0].summary() if result else {"code": code, "round": round_id}
-        print(json.dumps({"series": str(cfg.series_dir), **summary}))
+    result: list = []
+    code: int = Exit.CRASH
+    try:
+        code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
+        if result:
+            code = result[0].code
+            print(result[0].message, file=sys.stderr if code else sys.stdout)
+    finally:
+        if as_json:
+            summary = result[0].summary() if result else {"code": code, "round": round_id}
+            print(json.dumps({"series": str(cfg.series_dir), **summary}), flush=True)
     return code
 
 

@@ -103,3 +103,17 @@ def test_train_command_writes_an_adapter_that_a_run_can_start_from(tmp_path, tin
         cwd=ROOT,
     )
     assert out.returncode == 2 and "bad.jsonl:1: missing `output`" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--round", "2026-12-01", "--set", "learner.lrr=1"], ["--round", ".."]],
+    ids=["config-error", "bad-round-id"],
+)
+def test_round_json_prints_its_line_when_it_exits_2(tmp_path, args):
+    """A scheduler reads the JSON line: it is there on a refusal too, with the code."""
+    out = run_cli("round", "configs/nightly.yaml", "--set", f"round.series_dir={tmp_path}/s", *args, "--json")
+    assert out.returncode == 2, out.stderr
+    line = json.loads(out.stdout.splitlines()[-1])
+    assert line["code"] == 2 and line["round"] == args[1]
+    assert not (tmp_path / "s").exists(), "a refused round writes nothing"
