@@ -13,33 +13,9 @@ Judgment`). The folders loop/, records/, judges/ and policies/ install as alignl
 alignloop.records, alignloop.judges and alignloop.policies.
 """
 
-from alignloop.loop.api import (
-    ConfigError,
-    RoundResult,
-    RunConfig,
-    RunRecords,
-    load_config,
-    read_run,
-    run,
-    run_round,
-    validate_config,
-)
+from alignloop.loop import api
+from alignloop.loop.api import *  # noqa: F403 - the public API is api.__all__
 from alignloop.records import Judgment, Prompt, Sample, Span
 
 __version__ = "0.1.0"
-__all__ = [
-    "load_config",
-    "validate_config",
-    "run",
-    "run_round",
-    "read_run",
-    "RunRecords",
-    "RunConfig",
-    "RoundResult",
-    "ConfigError",
-    "Judgment",
-    "Prompt",
-    "Sample",
-    "Span",
-    "__version__",
-]
+__all__ = [*api.__all__, "Judgment", "Prompt", "Sample", "Span", "__version__"]

@@ -143,6 +143,8 @@ class Series:
 
     def promote(self, adapter_dir: Path) -> None:
         """Point `current` at the adapter directory in one atomic rename of a new symlink."""
+        if os.path.lexists(self.current) and not self.current.is_symlink():
+            raise ConfigError(f"{self.current}: not the symlink alignloop keeps there; move it away to promote")
         tmp = self.root / f".current.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
         os.symlink(os.path.relpath(adapter_dir, self.root), tmp)

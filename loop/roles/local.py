@@ -14,7 +14,7 @@ from alignloop.loop.config import RunConfig
 from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
 from alignloop.loop.roles.protocols import Exported
 from alignloop.loop.roles.samplers import SamplerReplicas
-from alignloop.policies.adapter import AdapterMismatch, AdapterPayload
+from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.objectives.base import Example
 
 
@@ -37,7 +37,7 @@ class LocalCalls:
 
     def each_settled(self, futures: dict):
         for key, f in futures.items():
-            yield key, f.error if isinstance(f.error, AdapterMismatch) else f.result()
+            yield key, f.error if f.error is not None else f.value
 
 
 class LocalHandle:

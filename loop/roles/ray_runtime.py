@@ -13,7 +13,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from alignloop.loop import orphans
 from alignloop.loop.config import BUILTIN_RESOURCES, RayConfig
 from alignloop.loop.roles.protocols import ActorLost, actor_error
-from alignloop.policies.adapter import AdapterMismatch
 
 # How long a tensor-parallel sampler waits for its GPUs before the run gives up.
 PLACEMENT_TIMEOUT_S = 300
@@ -134,8 +133,8 @@ class RayCalls:
             raise ActorLost(f"no answer within {timeout:.0f} s (its node may have left the cluster)") from None
 
     def each_settled(self, futures: dict):
-        """(key, result) as each call finishes; the result is an ActorLost for a call whose
-        actor died, the AdapterMismatch for a sampler that no longer serves the adapter."""
+        """(key, result) as each call finishes; the result is the exception for a call that
+        raised (an ActorLost for one whose actor died), for the caller to retry or raise."""
         index = {ref: key for key, ref in futures.items()}
         pending = list(index)
         while pending:
@@ -144,5 +143,5 @@ class RayCalls:
                 yield index[done[0]], ray.get(done[0])
             except ray.exceptions.RayActorError as e:
                 yield index[done[0]], lost(e)
-            except AdapterMismatch as e:  # Ray's task error is also an instance of its cause
+            except Exception as e:  # noqa: BLE001 - Ray's task error is also an instance of its cause
                 yield index[done[0]], e

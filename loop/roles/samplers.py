@@ -98,10 +98,12 @@ class SamplerReplicas:
             }
             replica, todo = dict(todo), {}
             for i, result in self.calls.each_settled(futures):
-                if not isinstance(result, (ActorLost, AdapterMismatch)):
+                if not isinstance(result, Exception):
                     results[i] = result
                     on_done(i, result)
                     continue
+                if not isinstance(result, (ActorLost, AdapterMismatch)):
+                    raise result  # the sampler itself failed: retrying would fail the same way
                 if i in retried:
                     raise ActorLost(
                         f"sampler {replica[i]} failed twice on the same chunk ({result}); run the "

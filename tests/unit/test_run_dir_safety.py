@@ -154,3 +154,19 @@ def test_round_dotdot_is_refused_before_the_series_is_touched(tmp_path):
     with pytest.raises(ConfigError, match=r"--round '\.\.'"):
         run_round(cfg, "..")
     assert not series.exists()
+
+
+def test_promotion_never_replaces_a_current_that_alignloop_did_not_make(tmp_path):
+    from alignloop.loop.config import ConfigError
+    from alignloop.loop.series import Series
+
+    series = Series(tmp_path)
+    (tmp_path / "current").write_text("the user's notes")
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ConfigError, match="not the symlink alignloop keeps"):
+        series.promote(tmp_path / "a")
+    assert (tmp_path / "current").read_text() == "the user's notes"
+    (tmp_path / "current").unlink()
+    series.promote(tmp_path / "a")
+    series.promote(tmp_path / "a")  # its own symlink is replaced
+    assert (tmp_path / "current").resolve() == (tmp_path / "a").resolve()
