@@ -96,7 +96,7 @@ def _rows(path: str | Path, round_id: str | None, split: str):
         yield from _hf_rows(_hub_dataset(text.removeprefix(HUB_PREFIX), split), text, split)
         return
     if is_saved_dataset(Path(text)):
-        yield from _hf_rows(_saved_dataset(Path(text), split), text, split)
+        yield from _saved_rows(Path(text), split)
         return
     for file in prompt_files(path, round_id):
         for where, row in _read_parquet(file) if file.suffix == ".parquet" else _read_jsonl(file):
@@ -140,6 +140,22 @@ def _saved_dataset(path: Path, split: str):
     return loaded
 
 
+def _saved_rows(path: Path, split: str):
+    """The rows of a saved dataset; one that is damaged or partly written (missing or truncated
+    Arrow files, a broken state.json) is a DataError naming the directory, found while loading
+    or while reading its rows (Arrow files are read lazily)."""
+    try:
+        yield from _hf_rows(_saved_dataset(path, split), str(path), split)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets, pyarrow and json each raise their own
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise DataError(
+            f"{path}: a damaged or partly written `save_to_disk` directory ({type(e).__name__}: {first}); "
+            "save the dataset again, or point data.path at JSONL/Parquet files"
+        ) from None
+
+
 def _hub_dataset(name: str, split: str):
     datasets = _datasets()
     try:
@@ -165,6 +181,8 @@ def _read_jsonl(path: Path):
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:  # the decoder recurses once per level: ~1000 '[' end it
+            raise DataError(f"{path}:{lineno}: nested too deeply; {NESTING_HELP}") from None
         yield lineno, row
 
 
@@ -184,9 +202,29 @@ def utf8_lines(path: Path) -> list[str]:
     return read_utf8(path, DataError).splitlines()
 
 
+# Rows are saved as JSON (prompts.jsonl, samples) by a serializer that stops at 255 levels, so
+# deeper rows are refused when read, not when the first write fails mid-run.
+MAX_NESTING = 100
+NESTING_HELP = f"a row may nest lists and objects at most {MAX_NESTING} levels deep"
+
+
+def nesting(value: Any) -> int:
+    """How many levels of lists and objects `value` nests (a scalar: 0), without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_NESTING:  # deeper than that is refused whatever lies below
+                stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def row_to_prompt(row: Any, default_id: str, where: str) -> Prompt:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if nesting(row) > MAX_NESTING:
+        raise DataError(f"{where}: nested more than {MAX_NESTING} levels deep; {NESTING_HELP}")
     row = dict(row)
     pid = str(row.pop("id", None) or default_id)
     try:

@@ -133,3 +133,35 @@ def test_a_hub_dataset_without_network_is_a_data_error(tmp_path, monkeypatch):
         DataError, match=r"hf:nobody/nothing: could not load split 'train' from the Hugging Face hub .*save_to_disk"
     ):
         load_prompts("hf:nobody/nothing")
+
+
+def test_deeply_nested_rows_are_refused_with_their_line(tmp_path):
+    """1000 levels end Python's JSON decoder (RecursionError); 150 decode, but the run could
+    not save them (the serializer stops at 255 levels with the Prompt around them)."""
+    ok = json.dumps({"instruction": "hi", "deep": json.loads("[" * 99 + "]" * 99)})
+    p = write(tmp_path, [ok, "[" * 100000 + "]" * 100000])
+    with pytest.raises(DataError, match=r"d.jsonl:2: nested too deeply; a row may nest .* at most 100 levels"):
+        load_prompts(p)
+    p = write(tmp_path, [ok, json.dumps({"instruction": "hi", "deep": json.loads("[" * 150 + "]" * 150)})])
+    with pytest.raises(DataError, match=r"d.jsonl:2: nested more than 100 levels deep"):
+        load_prompts(p)
+    (first,) = load_prompts(write(tmp_path, [ok]))
+    assert first.model_dump_json()  # the deepest row allowed is one a run can save
+
+
+@pytest.mark.parametrize("damage", ["no arrow file", "truncated arrow file", "no state.json", "broken dataset_info"])
+def test_a_damaged_saved_dataset_is_a_data_error_naming_it(tmp_path, damage):
+    datasets = pytest.importorskip("datasets")
+    ds = tmp_path / "ds"
+    datasets.Dataset.from_dict({"instruction": ["a", "b"] * 50}).save_to_disk(str(ds))
+    (arrow,) = ds.glob("*.arrow")
+    if damage == "no arrow file":
+        arrow.unlink()
+    elif damage == "truncated arrow file":
+        arrow.write_bytes(arrow.read_bytes()[:300])
+    elif damage == "no state.json":
+        (ds / "state.json").unlink()
+    else:
+        (ds / "dataset_info.json").write_text("{")
+    with pytest.raises(DataError, match=rf"{ds}: a damaged or partly written `save_to_disk` directory"):
+        load_prompts(ds)
