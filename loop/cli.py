@@ -7,13 +7,26 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from alignloop.loop.config import ConfigError, load_config, to_yaml
 from alignloop.loop.exits import Exit
+from alignloop.records.secrets import mask_secrets
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`alignloop`; a crash (a bug) prints its traceback masked, like every other text on its
+    way to the user: an exception's message may hold a key. `round --json` has printed its
+    line by then."""
+    try:
+        return command(argv)
+    except Exception:  # noqa: BLE001 - any bug; KeyboardInterrupt and SystemExit pass
+        print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr, flush=True)
+        return Exit.CRASH
+
+
+def command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="alignloop", description="Online alignment rounds: sample, judge, learn, broadcast."
     )
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        if args.command == "status":
+        if args.command == "status":  # a damaged run or series file is a ConfigError naming it
             return show_status(Path(args.run_dir))
         if args.command == "report":
             from alignloop.loop.report import write_report
@@ -182,7 +195,9 @@ def show_status(run_dir: Path) -> int:
     if state is None:
         print(f"alignloop: {run_dir} is not a run directory (no state.json)", file=sys.stderr)
         return Exit.CONFIG
-    rows = store.read_metrics()
+    from alignloop.loop.report import checked_metrics
+
+    rows = checked_metrics(store, [key for _, key, _ in COLUMNS])  # wrong types: a ConfigError naming the line
     print(
         f"{run_dir}: last finished step: iteration {state.iteration} {state.step}; "
         f"adapter v{state.adapter_version}; {len(rows)} iteration(s) complete"
@@ -194,6 +209,8 @@ def show_status(run_dir: Path) -> int:
 def format_table(rows: list[dict], columns=COLUMNS) -> str:
     def cell(row, key, spec):
         v = row.get(key)
+        if isinstance(v, float) and spec == "d":  # a count saved as 3.0 (or an odd 2.5, inf) still shows
+            return format(int(v), "d") if v.is_integer() else format(v, ".3f")
         return "-" if v is None else format(v, spec)
 
     table = [[h for h, _, _ in columns]] + [[cell(r, k, s) for _, k, s in columns] for r in rows]

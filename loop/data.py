@@ -18,13 +18,15 @@ import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from alignloop.records import Message, Prompt
 from alignloop.records.errors import read_utf8
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class DataError(Exception):
@@ -195,6 +197,24 @@ def _read_parquet(path: Path):
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e}); rewrite it, or use JSONL") from None
     yield from enumerate(rows, start=1)
+
+
+def read_records(path: Path, cls: type[R], error: type[Exception] = DataError) -> list[R]:
+    """The records of a JSONL file a run wrote (prompts, samples, judgments); a missing file or
+    a line that is not such a record raises `error` naming the file and the line."""
+    if not path.is_file():
+        raise error(f"{path}: missing; the run directory is incomplete (was it copied in part?)")
+    records = []
+    for n, line in enumerate(read_utf8(path, error).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(cls.model_validate_json(line))
+        except ValidationError as e:
+            first = e.errors()[0]  # its input may be a whole response: not shown
+            at = ".".join(str(part) for part in first["loc"])
+            raise error(f"{path}:{n}: not a {cls.__name__} record ({at + ': ' if at else ''}{first['msg']})") from None
+    return records
 
 
 def utf8_lines(path: Path) -> list[str]:

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.loop.config import ConfigError
+from alignloop.loop.data import read_records
 from alignloop.loop.store import RunStore
+from alignloop.records import Judgment, Prompt, Sample
+from alignloop.records.secrets import quote
 
+PLOTTED = ("pass_rate", "mean_score", "kl_ref", "entropy", "judge_error_rate", "judge_cost_usd")
 LOSS_KEYS = ("loss", "nll", "unlikelihood", "likelihood", "pg_loss", "kl_loss", "dpo_loss", "clip_frac")
 PHASES = ("sample_s", "judge_s", "learn_s", "publish_s")
 
@@ -32,16 +36,21 @@ class Plot:
 def write_report(root: Path, out: Path | None = None) -> Path:
     root = Path(root)
     out = Path(out) if out else root / "report"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a directory; pass --out a directory for the report")
     if (root / "series.json").exists():
         title, plots, body = series_sections(root)
     elif (root / "state.json").exists():
         title, plots, body = run_sections(root)
     else:
         raise ConfigError(f"{root} is neither a run directory (no state.json) nor a series (no series.json)")
-    out.mkdir(parents=True, exist_ok=True)
-    for p in plots:
-        (out / f"{p.name}.png").write_bytes(p.png)
-    (out / "report.html").write_text(page(title, plots, body), encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in plots:
+            (out / f"{p.name}.png").write_bytes(p.png)
+        (out / "report.html").write_text(page(title, plots, body), encoding="utf-8")
+    except OSError as e:  # a parent that is a file, no permission, a full disk
+        raise ConfigError(f"--out {out}: cannot write the report there ({e.strerror or e})") from None
     return out / "report.html"
 
 
@@ -50,9 +59,40 @@ def write_report(root: Path, out: Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def checked_metrics(store: RunStore, keys) -> list[dict]:
+    """The rows of metrics.jsonl, each an object with an `iteration` (a positive integer) and a
+    number or null under each of `keys`: what a table or a plot shows. A row that is not is an
+    error naming the file, the line and the field (alignloop writes only numbers there)."""
+    rows = store.read_metrics()
+    path = store.root / "metrics.jsonl"
+    lines = (
+        [n for n, text in enumerate(path.read_text(errors="replace").splitlines(), 1) if text.strip()] if rows else []
+    )
+    for row, n in zip(rows, lines):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{n}: not a JSON object but {quote(row, 40)}; {DAMAGED}")
+        it = row.get("iteration")
+        if not (is_number(it) and isinstance(it, int) and it >= 1):
+            got = "no `iteration`" if "iteration" not in row else f"`iteration` is {quote(it, 40)}"
+            raise ConfigError(f"{path}:{n}: {got}, not a positive integer; {DAMAGED}")
+        for key in keys:
+            if row.get(key) is not None and not is_number(row[key]):
+                raise ConfigError(f"{path}:{n}: `{key}` is {quote(row[key], 40)}, not a number; {DAMAGED}")
+    return rows
+
+
+DAMAGED = (
+    "the file is damaged (alignloop writes one object of numbers per iteration there); restore it or remove that line"
+)
+
+
 def run_sections(root: Path, prefix: str = "") -> tuple[str, list[Plot], str]:
     store = RunStore(root)
-    rows = store.read_metrics()
+    rows = checked_metrics(store, [*PLOTTED, *PHASES, *loss_keys(store.read_metrics())])
     if not rows:
         raise ConfigError(f"{root}: no finished iteration yet (metrics.jsonl is empty); nothing to report")
     it = [m["iteration"] for m in rows]
@@ -139,10 +179,11 @@ def series_sections(root: Path) -> tuple[str, list[Plot], str]:
 
 def examples_section(store: RunStore, i: int) -> str:
     """The best and worst responses of iteration i by score (then verdict), with critiques."""
-    judgments = store.load_judgments(i) or []
-    prompts, samples = store.load_samples(i)
-    by_prompt = {p.id: p for p in prompts}
-    judged = [(s, j) for s, j in zip(samples, judgments) if j.has_signal]
+    d = store.iter_dir(i)
+    judgments = {j.sample_id: j for j in read_records(d / "judgments.jsonl", Judgment, ConfigError)}
+    by_prompt = {p.id: p for p in read_records(d / "prompts.jsonl", Prompt, ConfigError)}
+    samples = read_records(d / "samples.jsonl", Sample, ConfigError)
+    judged = [(s, judgments[s.id]) for s in samples if s.id in judgments and judgments[s.id].has_signal]
 
     def rank(pair):
         j = pair[1]
@@ -154,10 +195,11 @@ def examples_section(store: RunStore, i: int) -> str:
     def cards(pairs):
         out = ""
         for s, j in pairs:
+            prompt = by_prompt.get(s.prompt_id)
             out += (
-                f"<div class=card><p class=q>{html.escape(by_prompt[s.prompt_id].instruction)}</p>"
-                f"<pre>{html.escape(s.response)}</pre><p><b>{j.verdict or '-'}</b> · score {fmt(j.score)}"
-                f"{' · ' + html.escape(j.critique) if j.critique else ''}</p></div>"
+                f"<div class=card><p class=q>{shown(prompt.instruction if prompt else '(prompt not found)')}</p>"
+                f"<pre>{shown(s.response)}</pre><p><b>{j.verdict or '-'}</b> · score {fmt(j.score)}"
+                f"{' · ' + shown(j.critique) if j.critique else ''}</p></div>"
             )
         return out or "<p>no judged responses</p>"
 
@@ -212,7 +254,7 @@ def length_plot(name: str, store: RunStore, iterations: list[int]) -> Plot:
     plt, fig, ax = figure()
     lengths = []
     for i in iterations:
-        _, samples = store.load_samples(i)
+        samples = read_records(store.iter_dir(i) / "samples.jsonl", Sample, ConfigError)
         lengths.append([len(s.token_ids) if s.token_ids is not None else len(s.response.split()) for s in samples])
     ax.boxplot(lengths, positions=iterations)
     ax.set_xlabel("iteration")
@@ -267,8 +309,20 @@ def col(rows: list[dict], key: str) -> list:
 
 
 def loss_keys(rows: list[dict]) -> list[str]:
-    present = {k for m in rows for k in m}
+    present = {k for m in rows if isinstance(m, dict) for k in m}  # a row that is not an object is reported later
     return [k for k in sorted(present) if k in LOSS_KEYS or k.endswith("_loss")]
+
+
+# A text shown on the page (a prompt, a response, a critique) is cut to this many characters:
+# a 100 MB response must not make a 100 MB page.
+SHOWN_CHARS = 4000
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` escaped for the page, cut to `limit` characters with a note of its full length."""
+    if len(text) <= limit:
+        return html.escape(text)
+    return f"{html.escape(text[:limit])}<i>… (cut here: {len(text):,} characters in all)</i>"
 
 
 def fmt(v) -> str:

@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from alignloop.loop.config import ConfigError, RunConfig
 from alignloop.loop.data import DataError, content_hash, load_data, load_prompts, prompt_files
 from alignloop.loop.exits import Exit
@@ -41,6 +43,7 @@ from alignloop.loop.store import (
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.records import Prompt
 from alignloop.records.metrics import merge_metrics
+from alignloop.records.secrets import quote
 
 # Exit codes a scheduler reads (also 2: config or data error, 3: judge error budget, 1: a crash).
 PROMOTED, REJECTED, NO_NEW_PROMPTS, LOCKED = Exit.OK, Exit.REJECTED, Exit.NO_NEW_PROMPTS, Exit.LOCKED
@@ -73,6 +76,14 @@ class RoundEntry:
         return PROMOTED if self.status == "promoted" else REJECTED
 
 
+# series.json, checked field by field (strict: "3" is not a count); pydantic reads the dataclass.
+_SERIES_FILE = TypeAdapter(dict[str, list[RoundEntry]])
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class Series:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -83,12 +94,28 @@ class Series:
         if not self.path.exists():
             return []
         try:
-            data = json.loads(self.path.read_text())
-            return [RoundEntry(**r) for r in data["rounds"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(
-                f"{self.path}: damaged series file ({e}); restore it from a backup or move the series away"
-            ) from None
+            rounds = _SERIES_FILE.validate_json(self.path.read_bytes(), strict=True)["rounds"]
+        except ValidationError as e:
+            error = e.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])  # rounds.1.n_prompts
+            raise self.damaged(f"{where}: {error['msg']}, got {quote(error['input'], 40)}") from None
+        except KeyError:
+            raise self.damaged("no `rounds` list") from None
+        for n, r in enumerate(rounds):
+            if not plain_round_id(r.id):
+                raise self.damaged(f"rounds.{n}.id: {quote(r.id, 40)} is not a round id")
+            for name in ("train", "eval_before", "eval_after"):  # numbers (or null), shown and compared
+                bad = next(
+                    (k for k, v in (getattr(r, name) or {}).items() if v is not None and not _is_number(v)), None
+                )
+                if bad is not None:
+                    raise self.damaged(f"rounds.{n}.{name}.{bad}: {quote(getattr(r, name)[bad], 40)} is not a number")
+        return rounds
+
+    def damaged(self, what: str) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: damaged series file ({what}); restore it from a backup or move the series away"
+        )
 
     def save(self, rounds: list[RoundEntry]) -> None:
         atomic_write_text(self.path, json.dumps({"rounds": [asdict(r) for r in rounds]}, indent=2) + "\n")
@@ -179,11 +206,18 @@ class RoundResult:
         }
 
 
+def plain_round_id(round_id: str) -> bool:
+    return (
+        bool(round_id)
+        and not round_id.startswith(".")
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in round_id)
+    )
+
+
 def check_round_id(round_id: str) -> None:
     """A round id names the round's run directory, rounds/<id>: a plain name only, so that no
     id (`..`, `a/b`) puts the round's run directory anywhere else, the series itself included."""
-    plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in round_id)
-    if not round_id or round_id.startswith(".") or not plain:
+    if not plain_round_id(round_id):
         raise ConfigError(
             f"--round {round_id!r}: a round id names the directory rounds/<id>; use only letters, "
             "digits, '.', '_' and '-', not starting with '.' (e.g. 2026-12-01)"
@@ -196,21 +230,29 @@ def run_round(cfg: RunConfig, round_id: str) -> RoundResult:
     resumes where it stopped."""
     check_round_id(round_id)
     series = Series(cfg.series_dir)
+    # A series that does not exist yet is created (by its lock) only for a round with prompts:
+    # "nothing to do" leaves nothing behind.
+    if not series.root.exists() and not draw(series, cfg, round_id):
+        return no_new_prompts(cfg, round_id)
     with DirLock(series.root, "series"):
         done = series.get(round_id)
         if done is not None and done.status != "running":
             return RoundResult(done.exit_code, f"round {round_id} is already finished: {done.verdict}", done)
         prompts = draw(series, cfg, round_id)
         if not prompts:
-            where = cfg.data.path.replace("{round}", round_id)
-            return RoundResult(
-                NO_NEW_PROMPTS,
-                f"round {round_id}: no new prompts in {where} (no such file, or every "
-                "prompt there was drawn by an earlier round); nothing to do",
-            )
+            return no_new_prompts(cfg, round_id)
         preflight_run(round_config(cfg, series.round_dir(round_id), len(prompts)))  # before the draw is recorded
         entry = done or begin_round(series, cfg, round_id, prompts)
         return Round(series, cfg, entry).run()
+
+
+def no_new_prompts(cfg: RunConfig, round_id: str) -> RoundResult:
+    where = cfg.data.path.replace("{round}", round_id)
+    return RoundResult(
+        NO_NEW_PROMPTS,
+        f"round {round_id}: no new prompts in {where} (no such file, or every "
+        "prompt there was drawn by an earlier round); nothing to do",
+    )
 
 
 def draw(series: Series, cfg: RunConfig, round_id: str) -> list[Prompt]:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.loop.config import validate_config
+from alignloop.loop.config import ConfigError, validate_config
 from alignloop.loop.data import DataError, load_prompts, prompt_files
-from alignloop.loop.series import RoundEntry, Series, gate_verdict, round_config
+from alignloop.loop.exits import Exit
+from alignloop.loop.series import RoundEntry, Series, gate_verdict, round_config, run_round
 from alignloop.loop.store import RunStore
 from tests.helpers import write_instructions as write
 
@@ -100,3 +101,40 @@ def test_state_json_of_an_older_run_still_loads(tmp_path):
     )
     state = store.load_state()
     assert (state.base, state.origin, state.last_learned()) == (0, None, 2)
+
+
+@pytest.mark.parametrize(
+    "rounds, where",
+    [
+        ([{"id": "a", "n_prompts": "3"}], r"rounds.0.n_prompts: Input should be a valid integer, got '3'"),
+        ([{"id": "a"}, {"id": "b", "iterations": None}], r"rounds.1.iterations: .* got None"),
+        ([{"id": "a", "train": {"pass_rate": "x"}}], r"rounds.0.train.pass_rate: 'x' is not a number"),
+        ([{"id": "a", "eval_after": {"pass_rate": [1]}}], r"rounds.0.eval_after.pass_rate: \[1\] is not a number"),
+        ([{"id": "../../elsewhere"}], r"rounds.0.id: '../../elsewhere' is not a round id"),
+        ([{"status": "promoted"}], r"rounds.0.id: Field required"),
+        ({"a": 1}, r"rounds: Input should be a valid array"),
+    ],
+)
+def test_a_series_file_with_wrong_types_names_the_field(tmp_path, rounds, where):
+    series = Series(tmp_path)
+    series.path.write_text(json.dumps({"rounds": rounds}))
+    with pytest.raises(ConfigError, match=rf"series.json: damaged series file \({where}"):
+        series.rounds()
+
+
+def test_no_new_prompts_leaves_no_series_directory(tmp_path):
+    """Exit 5, "nothing to do", writes nothing: not even the series directory (its lock)."""
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"path": str(tmp_path / "nightly" / "{round}.jsonl")},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "round": {"series_dir": str(tmp_path / "series")},
+        }
+    )
+    result = run_round(cfg, "2026-12-01")
+    assert result.code == Exit.NO_NEW_PROMPTS and "no new prompts" in result.message
+    assert not (tmp_path / "series").exists()
+    (tmp_path / "series").mkdir()  # an existing series is locked while it is asked
+    assert run_round(cfg, "2026-12-01").code == Exit.NO_NEW_PROMPTS
+    assert [p.name for p in (tmp_path / "series").iterdir()] == [".lock"]

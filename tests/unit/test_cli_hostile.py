@@ -1,0 +1,59 @@
+"""A crash (a bug) in any command: exit 1 with its traceback, masked like every other text on
+its way to the user, and `round --json` prints its line first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from alignloop.loop import cli
+from alignloop.loop.exits import Exit
+from alignloop.records.secrets import register_secret
+
+KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"  # the shape of an OpenAI key
+PLAIN = "correct-horse-battery-staple"  # a secret of no known shape, read from the environment
+
+
+def explode(*args, **kwargs):
+    raise RuntimeError(f"the server said: bad key {KEY} (and {PLAIN})")
+
+
+def config(tmp_path):
+    path = tmp_path / "c.yaml"
+    raw = {
+        "name": "t",
+        "data": {"path": str(tmp_path / "{round}.jsonl")},
+        "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        "round": {"series_dir": str(tmp_path / "series")},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("command", ["status", "report", "round --json"])
+def test_a_crash_prints_its_traceback_masked(tmp_path, capsys, monkeypatch, command):
+    register_secret(PLAIN)
+    monkeypatch.setattr(cli, "show_status", explode)
+    monkeypatch.setattr("alignloop.loop.report.write_report", explode)
+    monkeypatch.setattr("alignloop.loop.api.run_round", explode)
+    args = {"status": ["status", str(tmp_path)], "report": ["report", str(tmp_path)]}.get(
+        command, ["round", str(config(tmp_path)), "--round", "r1", "--json"]
+    )
+    code = cli.main(args)
+    out = capsys.readouterr()
+    assert code == Exit.CRASH
+    assert "Traceback (most recent call last)" in out.err and "RuntimeError: the server said: bad key ***" in out.err
+    assert KEY not in out.err + out.out and PLAIN not in out.err + out.out
+    if command == "round --json":  # the scheduler's line, before the traceback
+        assert json.loads(out.out.splitlines()[-1]) == {"series": str(tmp_path / "series"), "code": 1, "round": "r1"}
+
+
+def test_an_interrupt_is_not_a_crash(tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "show_status", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["status", str(tmp_path)])
