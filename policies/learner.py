@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.spans import span_token_mask
 from alignloop.records import merge_metrics
+
+if TYPE_CHECKING:
+    from alignloop.policies.distributed import RankGroup
 
 
 class Learner:
@@ -63,6 +66,8 @@ class Learner:
         # (steps done, steps planned); replaced whole, never mutated, so that progress() can
         # read it from another thread while learn() runs (one attribute read is atomic).
         self._progress: tuple[int, int] = (0, 0)
+        # Set when this learner is one rank of several (policies/distributed.py); None: alone.
+        self.group: RankGroup | None = None
 
     # weights -------------------------------------------------------------------------------
     def export(self) -> AdapterPayload:
@@ -123,6 +128,8 @@ class Learner:
         if self.objective.needs_old_logprobs:
             self._old, gap = self.fix_old_logprobs(rows)
             metrics = merge_metrics(metrics, gap)
+        if self.group is not None:  # each rank draws its own LoRA dropout masks
+            torch.manual_seed((self.seed * 1_000_003 + iteration) * 1_009 + self.group.rank)
         return self._plan(rows, rng), metrics
 
     def _plan(self, rows: list[Example], rng: np.random.Generator) -> list[list[Example]]:
@@ -141,6 +148,8 @@ class Learner:
     def _step(self, rows: list[Example], step: int, total: int) -> dict:
         """One optimizer step over `rows`, micro-batch by micro-batch; returns its metrics
         (each micro-batch's weighted by its share of the rows)."""
+        if self.group is not None:
+            return self._group_step(rows, step, total, self.group)
         self._set_lr(step, total)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -160,6 +169,54 @@ class Learner:
         self.optimizer.step()
         optimizer["lr"] = self.optimizer.param_groups[0]["lr"]
         return merge_metrics(metrics, optimizer)
+
+    def _group_step(self, rows: list[Example], step: int, total: int, group: RankGroup) -> dict:
+        """_step as one rank of `group`: every rank cuts the same micro-batches, trains on its
+        part of each (units balanced by tokens), weighs its part's loss by the part's share of
+        what the objective averages over in the whole micro-batch (summed over the ranks), and
+        the gradients and metrics are summed over the ranks before the same optimizer step."""
+        self._set_lr(step, total)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        unit = self.objective.unit
+        micro = max(unit, self.cfg.micro_batch_size // unit * unit)
+        chunks = [rows[s : s + micro] for s in range(0, len(rows), micro)]
+        parts = [self._my_part(chunk, group) for chunk in chunks]
+        counts = [self.objective.averages_over(self._mask(part)) if part else 0.0 for part in parts]
+        totals = group.sum(counts, self.device)  # what each whole micro-batch averages over
+        metrics: dict[str, float] = {}
+        for chunk, part, count, whole in zip(chunks, parts, counts, totals):
+            if not part or not whole:
+                continue
+            weight = count / whole * len(chunk) / len(rows)
+            batch = self.batch(part)
+            loss, m = self.objective.loss(batch)
+            (loss * weight).backward()
+            for key, value in merge_metrics({"loss": loss.item()}, m, reference_kl(batch)).items():
+                metrics[key] = metrics.get(key, 0.0) + value * weight
+        group.sum_grads(self.params)
+        metrics = group.sum_metrics(metrics)
+        optimizer = {}
+        if self.cfg.max_grad_norm:
+            optimizer["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm).item()
+        self.optimizer.step()
+        optimizer["lr"] = self.optimizer.param_groups[0]["lr"]
+        return merge_metrics(metrics, optimizer)
+
+    def _my_part(self, chunk: list[Example], group: RankGroup) -> list[Example]:
+        """This rank's rows of a micro-batch: whole units (pairs stay pairs), balanced over the
+        ranks by prompt and response tokens."""
+        unit = self.objective.unit
+        units = [chunk[i : i + unit] for i in range(0, len(chunk), unit)]
+        costs = [
+            sum(len(self.response_ids(e)) + len(render_prompt(self.tokenizer, e.prompt.messages)) for e in u)
+            for u in units
+        ]
+        return [e for i in group.my_part(costs) for e in units[i]]
+
+    def _mask(self, rows: list[Example]) -> torch.Tensor:
+        responses = [self.response_ids(e) for e in rows]
+        return response_mask(responses, max(map(len, responses)), self.device)
 
     def _set_lr(self, step: int, total: int) -> None:
         lr = self.cfg.lr

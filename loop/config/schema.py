@@ -167,6 +167,16 @@ class LearnerConfig(Strict):
         gt=0,
         description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).",
     )
+    ranks: int = Field(
+        1,
+        ge=1,
+        description="Learner processes that train one adapter together over torch.distributed (gloo on CPU, "
+        "NCCL on CUDA), each on its share of every micro-batch, LoRA gradients summed; 1: one learner actor. "
+        "Each rank reserves num_cpus/num_gpus/resources; with threads unset, a rank gets its share of the node's cores.",
+    )
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="Where the ranks go (ranks > 1): packed onto as few nodes as fit, or spread over the nodes."
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> LearnerConfig:

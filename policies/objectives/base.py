@@ -113,6 +113,13 @@ class Objective:
     def loss(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def averages_over(self, mask: torch.Tensor) -> float:
+        """What loss() averages over in a micro-batch with this (B, T) mask: its rows (each
+        response weighs the same; the default) or its tokens. A learner that splits a
+        micro-batch over ranks weighs each part's loss by its share of this count, so the sum
+        equals the loss of the whole micro-batch."""
+        return float(mask.shape[0])
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask is 1 (0 when the mask is empty)."""

@@ -60,3 +60,6 @@ class GRPO(Objective):
 
     def loss(self, batch: TrainBatch):
         return grpo_loss(batch, self.options)
+
+    def averages_over(self, mask: torch.Tensor) -> float:
+        return mask.sum().item() if self.options.average == "token" else float(mask.shape[0])

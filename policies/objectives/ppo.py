@@ -54,3 +54,6 @@ class PPO(Objective):
 
     def loss(self, batch: TrainBatch):
         return ppo_loss(batch, self.options)
+
+    def averages_over(self, mask: torch.Tensor) -> float:
+        return mask.sum().item()  # both terms are means over the micro-batch's tokens

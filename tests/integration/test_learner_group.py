@@ -1,0 +1,144 @@
+"""Learner ranks: two processes over gloo train the adapter one learner trains, on the same rows
+and seed, for SFT, CUT and GRPO (the sequence and the token average): the same loss at every
+optimizer step and the same adapter, within float32 summation-order error."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load as load_safetensors
+
+from alignloop.loop.config import validate_config
+from alignloop.policies.objectives.base import Example
+from alignloop.records import Judgment, Message, Prompt, Sample
+
+pytestmark = pytest.mark.integration
+
+# Responses of very different lengths, so that splitting a micro-batch by tokens matters and
+# the token average differs from the sequence average.
+TEXTS = [
+    "yes the sun",
+    "no",
+    "the big red dog ran on the mat",
+    "a cat",
+    "the small blue tree was on the moon and the sun",
+    "red",
+    "the cat sat on the mat",
+    "a dog is a dog",
+]
+
+OBJECTIVES = {
+    "sft": {"type": "sft", "min_score": 0.5},
+    "cut": {"type": "cut", "downsample": None},
+    "grpo": {"type": "grpo"},
+    "grpo-token": {"type": "grpo", "average": "token"},
+}
+
+# float32 sums taken in another order: observed gaps are around 1e-7 (loss) and 1e-6 (weights)
+LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-5
+
+
+def config(model_path: str, objective: dict):
+    return validate_config(
+        {
+            "name": "t",
+            "data": {"path": "x"},
+            "model": {
+                "path": model_path,
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            },
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+            "learner": {
+                "lr": 1e-2,
+                "epochs": 3,
+                "minibatch_size": 4,
+                "micro_batch_size": 4,
+                "threads": 1,
+                "objective": objective,
+            },
+        }
+    )
+
+
+def rows(tokenizer, version: int) -> list[Example]:
+    """Two prompts x four responses, sampled by adapter `version`: scores for SFT and GRPO,
+    verdicts and critiques for CUT."""
+    out = []
+    for i, text in enumerate(TEXTS):
+        prompt = Prompt(id=f"p{i // 4}", messages=[Message(role="user", content=["the cat sat", "a dog ran"][i // 4])])
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        sample = Sample(id=f"s{i}", prompt_id=prompt.id, response=text, policy_version=version, token_ids=ids)
+        negative = i % 3 == 0
+        judgment = Judgment(
+            sample_id=sample.id,
+            score=(i * 7 % 5) / 4,
+            verdict="negative" if negative else "positive",
+            critique="the dog is not a cat" if negative else None,
+            judge="t",
+        )
+        out.append(Example(prompt, sample, judgment))
+    return out
+
+
+def train(learner, iterations: int = 2) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Loss of every optimizer step over `iterations`, and the adapter's weights."""
+    losses: list[float] = []
+    step = learner._step
+
+    def logged(*args):
+        metrics = step(*args)
+        losses.append(metrics["loss"])
+        return metrics
+
+    learner._step = logged
+    for it in range(iterations):
+        learner.learn(rows(learner.tokenizer, learner.version), it)
+    return losses, load_safetensors(learner.export().weights)
+
+
+def rank_main(rank: int, world: int, address: str, model_path: str, objective: dict, out: str) -> None:
+    from alignloop.policies.distributed import RankLearner
+
+    cfg = config(model_path, objective)
+    learner = RankLearner(cfg.model, cfg.learner, 1.0, 0, rank=rank, world=world)
+    learner.join(address)
+    losses, weights = train(learner)
+    if rank == 0:
+        torch.save({"losses": losses, "weights": weights, "state": learner.state_bytes()}, out)
+    learner.leave()
+
+
+def run_ranks(world: int, model_path: str, objective: dict, out: str) -> dict:
+    from alignloop.policies.distributed import free_port
+
+    mp.spawn(rank_main, args=(world, f"127.0.0.1:{free_port()}", model_path, objective, out), nprocs=world)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_two_ranks_train_the_adapter_one_learner_trains(name, tiny_model, tmp_path):
+    from alignloop.policies.learner import Learner
+
+    cfg = config(str(tiny_model), OBJECTIVES[name])
+    torch.set_num_threads(1)
+    one_losses, one_weights = train(Learner(cfg.model, cfg.learner, 1.0, 0))
+    two = run_ranks(2, str(tiny_model), OBJECTIVES[name], str(tmp_path / "two.pt"))
+    assert len(two["losses"]) == len(one_losses) >= 6  # 3 epochs of at least one step, 2 iterations
+    assert two["losses"] == pytest.approx(one_losses, abs=LOSS_TOL)
+    assert sorted(two["weights"]) == sorted(one_weights)
+    moved = max((w - load_safetensors_initial(name, cfg)[k]).abs().max().item() for k, w in one_weights.items())
+    assert moved > 100 * WEIGHT_TOL, "training moved the adapter well beyond the tolerance"
+    for key, w in one_weights.items():
+        assert torch.allclose(two["weights"][key], w, atol=WEIGHT_TOL, rtol=0), key
+    saved = torch.load(io.BytesIO(two["state"]), weights_only=True)
+    assert saved["version"] == 2 and saved["optimizer"]["state"], "rank 0 saves the optimizer the ranks share"
+
+
+def load_safetensors_initial(name: str, cfg) -> dict[str, torch.Tensor]:
+    """The adapter before training (the seed's LoRA initialisation)."""
+    from alignloop.policies.learner import Learner
+
+    return load_safetensors(Learner(cfg.model, cfg.learner, 1.0, 0).export().weights)
