@@ -3,9 +3,17 @@ server, llama.cpp's server, Ollama.
 
 Per sample: render the shared judge prompt, look the request up in the on-disk cache, else
 call the endpoint (at most `concurrency` calls at once in this judge), retrying 408/409/429,
-5xx, timeouts and dropped connections with exponential backoff, jitter and the server's
-Retry-After; then parse the reply. A call that still fails, or a reply that cannot be read,
-becomes a Judgment with `error` set and no verdict or score.
+5xx, timeouts, dropped connections, replies over `max_reply_bytes` and requests past
+`deadline_s` with exponential backoff, jitter and the server's Retry-After; then parse the
+reply. A call that still fails, or a reply that cannot be read, becomes a Judgment with
+`error` set and no verdict or score; that text is masked (records.secrets) and cut short,
+since a server may echo the request's Authorization header in it.
+
+Credentials in `base_url` (`https://user:password@host:port/v1`, or a token-only
+`https://TOKEN@host/v1`) are taken out of the URL the client uses and sent as headers: a lone
+token is the bearer key (as an API key would be), user:password goes as HTTP Basic. Either
+takes the place of `api_key_env`, which is then not read: a key from the environment is
+never sent to a host whose URL names other credentials.
 
 Token use, cost and request counts accumulate in `usage()`; the cycle reports them per
 iteration.
@@ -14,10 +22,12 @@ iteration.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -37,7 +47,10 @@ from alignloop.judges.prompting import (
 )
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.errors import ConfigError
-from alignloop.records.secrets import env_secret, looks_like_a_key, mask_secrets
+from alignloop.records.secrets import env_secret, looks_like_a_key, mask_secrets, quote, register_secret
+
+# Longest judgment error text kept: enough for the server's message, not for a whole echoed body.
+ERROR_CHARS = 300
 
 
 class OpenAIJudgeConfig(BaseModel):
@@ -45,7 +58,13 @@ class OpenAIJudgeConfig(BaseModel):
 
     type: Literal["openai"] = "openai"
     name: str = Field("openai", description="Recorded as `judge` on every judgment.")
-    base_url: str = Field("https://api.openai.com/v1", description="The endpoint's base URL (ends in /v1).")
+    base_url: str = Field(
+        "https://api.openai.com/v1",
+        description=(
+            "The endpoint's base URL (http or https, ends in /v1). Credentials in it (https://TOKEN@host/v1: a "
+            "bearer key; https://user:password@host/v1: HTTP Basic) take the place of api_key_env."
+        ),
+    )
     model: str = Field(description="Model name the endpoint serves, e.g. gpt-4o-mini.")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (None: the server needs no key)."
@@ -75,6 +94,21 @@ class OpenAIJudgeConfig(BaseModel):
             )
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, v: str) -> str:
+        # Registered before anything can echo the URL: its credentials are masked from now on.
+        register_url_credentials(v)
+        why = url_problem(v)
+        if why:
+            # The "secret" kind keeps the config error from echoing the raw value: quote() shows it masked.
+            raise PydanticCustomError(
+                "secret",
+                "{why}; give an http:// or https:// URL with a host, e.g. https://api.openai.com/v1 (got {value})",
+                {"why": why, "value": quote(v)},
+            )
+        return v
+
     prompt: PromptOptions = Field(default_factory=PromptOptions, description="Judge prompt and reply parsing.")
     response_format: Literal["json_schema", "json_object", "text"] = Field(
         "json_schema",
@@ -85,7 +119,25 @@ class OpenAIJudgeConfig(BaseModel):
     seed: int | None = Field(None, description="Sampling seed, for servers that honour it.")
     extra_body: dict = Field(default_factory=dict, description="Extra request fields passed through as-is.")
     concurrency: int = Field(16, gt=0, description="Requests in flight at once per judge actor.")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(
+        60.0, gt=0, description="Per-request inactivity timeout: the longest wait for the connection or the next bytes."
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Longest one request may take in all, however steadily the server trickles bytes; past it the "
+            "request is a transport fault, retried (None: 4 x timeout_s)."
+        ),
+    )
+    max_reply_bytes: int = Field(
+        4 * 2**20,
+        gt=0,
+        description=(
+            "Largest reply body read, decompressed; a bigger one is a transport fault, retried, and is never read "
+            "whole (applies to the client built from base_url, not to an injected one)."
+        ),
+    )
     max_retries: int = Field(5, ge=0, description="Retries of a failed request before it is recorded as an error.")
     unparseable_retries: int = Field(
         1,
@@ -108,22 +160,100 @@ class OpenAIJudgeConfig(BaseModel):
         import urllib.error
         import urllib.request
 
-        if self.api_key_env:
-            env_secret(self.api_key_env)
-        url = self.base_url.rstrip("/") + "/models"
+        endpoint = Endpoint.of(self)  # reads the key's variable, unless the URL carries credentials
+        url = endpoint.url.rstrip("/") + "/models"
+        request = urllib.request.Request(url, method="GET", headers=endpoint.headers())
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=PREFLIGHT_TIMEOUT_S).close()
+            urllib.request.urlopen(request, timeout=PREFLIGHT_TIMEOUT_S).close()
         except urllib.error.HTTPError:
             pass  # it answered (401, 404, ... are the server's to judge, per request)
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = mask_secrets(str(getattr(e, "reason", e)))[:ERROR_CHARS]
             raise ConfigError(
-                f"judge {self.name!r}: cannot reach {mask_secrets(self.base_url)} ({reason}) within "
+                f"judge {self.name!r}: cannot reach {mask_secrets(endpoint.url)} ({reason}) within "
                 f"{PREFLIGHT_TIMEOUT_S:.0f} s; check judge.base_url and that the server is running"
             ) from None
 
+    @property
+    def request_deadline_s(self) -> float:
+        return self.deadline_s if self.deadline_s is not None else 4 * self.timeout_s
+
 
 PREFLIGHT_TIMEOUT_S = 5.0
+
+
+# the endpoint: a URL without credentials, and the headers that carry them --------------------
+def url_problem(url: str) -> str | None:
+    """Why `url` is no base URL a judge can call (None: it is one)."""
+    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "not a URL (empty, or it holds spaces or control characters)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as e:
+        return f"not a URL ({e})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"the scheme is {parts.scheme + '://' if parts.scheme else 'missing'}, not http:// or https://"
+    if not parts.hostname:
+        return "it names no host"
+    return None
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(the URL without credentials, user or token, password), percent-decoded. A URL without
+    credentials comes back unchanged, character for character."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    clean = parts._replace(netloc=host).geturl()
+    return clean, urllib.parse.unquote(user), urllib.parse.unquote(password) if sep else None
+
+
+def register_url_credentials(url: str) -> None:
+    """Mask a URL's credentials literally, in every form they may be echoed: as written,
+    decoded, and as the HTTP Basic value."""
+    try:
+        _, user, password = split_credentials(url)
+    except ValueError:
+        return  # not a URL: the validator says so, and quote() masks its userinfo by shape
+    written = urllib.parse.urlsplit(url).netloc.rpartition("@")[0]
+    if password is None:
+        register_secret(user)
+        register_secret(written)
+    else:
+        register_secret(password)
+        register_secret(written.partition(":")[2])
+        register_secret(_basic(user or "", password))
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go and how they authenticate: a bearer key (from the URL's token or the
+    key's variable), HTTP Basic credentials from the URL, or nothing."""
+
+    url: str
+    key: str | None = None
+    basic: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, config: OpenAIJudgeConfig) -> Endpoint:
+        url, user, password = split_credentials(config.base_url)
+        if password is not None:
+            return cls(url, basic=(user or "", password))
+        if user:
+            return cls(url, key=user)
+        return cls(url, key=env_secret(config.api_key_env) if config.api_key_env else None)
+
+    def headers(self) -> dict[str, str]:
+        if self.basic is not None:
+            return {"Authorization": f"Basic {_basic(*self.basic)}"}
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
 @dataclass
@@ -141,6 +271,11 @@ class CallFailed(Exception):
     """The request failed for good: not retryable, or out of retries."""
 
 
+class TransportFault(Exception):
+    """A reply over max_reply_bytes or a request past its deadline: retried like a dropped
+    connection, since a second attempt may well fare better."""
+
+
 class OpenAIJudge:
     def __init__(self, config: OpenAIJudgeConfig, client=None):
         """`client`: an openai.AsyncOpenAI (or compatible) to use instead of building one from
@@ -151,7 +286,7 @@ class OpenAIJudge:
         self.counts = Usage()
         self._injected = client
         # Read now, so a missing key stops the judge at start-up rather than failing every call.
-        self._api_key = _api_key(config.api_key_env) if client is None else None
+        self._endpoint = Endpoint.of(config) if client is None else None
         self._active = 0
         self._client: Any = None  # an openai.AsyncOpenAI or compatible, while a judge() call runs
         self._slots: asyncio.Semaphore | None = None
@@ -165,7 +300,7 @@ class OpenAIJudge:
         runs and are closed, on that loop, by the last call to finish."""
         pairs = list(zip(prompts, samples, strict=True))
         if self._active == 0:
-            self._client = self._injected or _make_client(self.config, self._api_key)
+            self._client = self._injected or _make_client(self.config, self._endpoint)
             self._slots = asyncio.Semaphore(self.config.concurrency)
         self._active += 1
         try:
@@ -193,7 +328,11 @@ class OpenAIJudge:
             except (CallFailed, Unparseable) as e:
                 kind = "unparseable judge reply: " if isinstance(e, Unparseable) else ""
                 return Judgment(
-                    sample_id=sample.id, judge=self.name, latency_s=time.perf_counter() - start, error=f"{kind}{e}"
+                    sample_id=sample.id,
+                    judge=self.name,
+                    latency_s=time.perf_counter() - start,
+                    # CallFailed's text is made of masked, cut parts; a parser's may quote the reply.
+                    error=mask_secrets(str(e)) if isinstance(e, CallFailed) else safe_text(f"{kind}{e}"),
                 )
         if self.cache is not None:
             self.cache.put(key, parsed)
@@ -220,7 +359,8 @@ class OpenAIJudge:
         """Everything that decides the answer; the messages already hold prompt and response."""
         c = self.config
         return {
-            "base_url": c.base_url,
+            # Without credentials: a new password must not lose the cache, nor is one hashed into it.
+            "base_url": split_credentials(c.base_url)[0],
             "model": c.model,
             "messages": messages,
             "format": c.response_format,
@@ -238,7 +378,7 @@ class OpenAIJudge:
         for attempt in range(attempts):
             self.counts.requests += 1
             try:
-                response = await self._client.chat.completions.create(**self.request(messages))
+                response = await self.attempt(messages)
             except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
                 if not retryable(e):
                     raise CallFailed(describe(e, self.config)) from None
@@ -250,6 +390,17 @@ class OpenAIJudge:
             self.account(getattr(response, "usage", None))
             return reply_text(response, self.config.max_tokens)
         raise AssertionError("unreachable")
+
+    async def attempt(self, messages: list[dict]):
+        """One request, within the total deadline: timeout_s bounds each wait for bytes, not
+        the whole request, which a server trickling a byte at a time would hold for minutes."""
+        deadline = self.config.request_deadline_s
+        try:
+            return await asyncio.wait_for(self._client.chat.completions.create(**self.request(messages)), deadline)
+        except TimeoutError:
+            raise TransportFault(
+                f"the request took longer than its deadline of {deadline:g} s in all (judge.deadline_s)"
+            ) from None
 
     def request(self, messages: list[dict]) -> dict:
         c = self.config
@@ -291,16 +442,79 @@ class OpenAIJudge:
         self.counts.cost_usd += (p * self.config.price_input_per_mtok + c * self.config.price_output_per_mtok) / 1e6
 
 
-def _api_key(env_var: str | None) -> str:
-    # The openai client refuses an empty key even for servers that ignore it.
-    return env_secret(env_var) if env_var else "unused"
+def _make_client(config: OpenAIJudgeConfig, endpoint: Endpoint | None):
+    import httpx2
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
 
-
-def _make_client(config: OpenAIJudgeConfig, api_key: str | None):
-    from openai import AsyncOpenAI
-
+    assert endpoint is not None, "a judge without an injected client reads its endpoint at construction"
+    inner = httpx2.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS)
+    http = DefaultAsyncHttpxClient(transport=capped_transport(inner, config.max_reply_bytes), timeout=config.timeout_s)
     # max_retries=0: retries happen in OpenAIJudge.call, where they are jittered and counted.
-    return AsyncOpenAI(base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.timeout_s)
+    # The openai client refuses an empty key even for servers that ignore it; HTTP Basic
+    # replaces the bearer header it would send.
+    return AsyncOpenAI(
+        base_url=endpoint.url,
+        api_key=endpoint.key or "unused",
+        default_headers=endpoint.headers() if endpoint.basic else None,
+        max_retries=0,
+        timeout=config.timeout_s,
+        http_client=http,
+    )
+
+
+def capped_transport(inner, cap: int):
+    """`inner` (an httpx2 transport) whose replies stop at `cap` bytes, decoded: a declared
+    Content-Length past it is refused unread, and a body growing past it (a gzip bomb
+    included) is cut off as soon as it does. The error is a transport error, so the openai
+    client reports it as a connection error, which is retried. The classes are made here
+    because httpx2 comes with the openai client, imported only when a judge runs."""
+    import httpx2
+
+    class ReplyTooLarge(httpx2.ReadError):
+        pass
+
+    class CappedStream(httpx2.AsyncByteStream):
+        def __init__(self, response):
+            self.response = response
+
+        async def __aiter__(self):
+            read = 0
+            async for chunk in self.response.aiter_bytes():
+                read += len(chunk)
+                if read > cap:
+                    raise ReplyTooLarge(too_large(cap))
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.response.aclose()
+
+    class CappedTransport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            response = await inner.handle_async_request(request)
+            declared = response.headers.get("content-length", "")
+            if not response.headers.get("content-encoding") and declared.isdigit() and int(declared) > cap:
+                await response.aclose()
+                raise ReplyTooLarge(too_large(cap, int(declared)))
+            # The body is handed on decoded, so these two no longer describe it.
+            headers = [
+                (k, v)
+                for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length")
+            ]
+            return httpx2.Response(
+                response.status_code, headers=headers, stream=CappedStream(response), extensions=response.extensions
+            )
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return CappedTransport()
+
+
+def too_large(cap: int, declared: int | None = None) -> str:
+    said = f" (it declared {declared} bytes)" if declared is not None else ""
+    return f"the reply is larger than judge.max_reply_bytes ({cap} bytes){said}; it was not read further"
 
 
 def reply_text(response, max_tokens: int | None = None) -> str:
@@ -327,7 +541,7 @@ def retryable(e: Exception) -> bool:
 
     import openai
 
-    if isinstance(e, openai.APIConnectionError):  # includes APITimeoutError
+    if isinstance(e, (openai.APIConnectionError, TransportFault)):  # includes APITimeoutError
         return True
     if isinstance(e, json.JSONDecodeError):  # the HTTP body itself was cut short: a transport fault
         return True
@@ -356,8 +570,20 @@ def retry_after(e: Exception) -> float | None:
 
 
 def describe(e: Exception, config: OpenAIJudgeConfig) -> str:
+    """The failure in one short line, masked: an HTTP error body is the server's text, and a
+    server may echo the Authorization header back in it."""
     status = getattr(e, "status_code", None)
-    text = f"{type(e).__name__}{f' (HTTP {status})' if status else ''}: {' '.join(str(e).split())[:300]}"
+    said = str(e)
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in said:  # "Connection error." says little alone
+        said += f" ({type(cause).__name__}: {cause})"
+    text = f"{type(e).__name__}{f' (HTTP {status})' if status else ''}: {safe_text(said)}"
     if status == 400 and config.response_format != "text":
         text += " [if the server does not support structured output, set judge.response_format: text]"
     return text
+
+
+def safe_text(text: str) -> str:
+    """Masked first, then cut: a cut made first could leave part of a key the masks no longer match."""
+    text = " ".join(mask_secrets(text).split())
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "..."
