@@ -159,10 +159,11 @@ def run_round(cfg, round_id: str, as_json: bool) -> int:
 def train_offline(cfg, data: str, out: str | None) -> int:
     from alignloop.loop.data import DataError
     from alignloop.loop.offline import train
+    from alignloop.policies.model import ModelNotFound
 
     try:
         result = train(cfg, data, out)
-    except DataError as e:
+    except (DataError, ModelNotFound) as e:
         print(f"alignloop: {e}", file=sys.stderr)
         return Exit.CONFIG
     print(json.dumps(result, indent=2))

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alignloop.loop.data import DataError, row_to_prompt, utf8_lines
-from alignloop.loop.store import read_jsonl, refuse_unsafe_dir
+from alignloop.loop.data import NESTING_HELP, DataError, read_records, row_to_prompt, utf8_lines
+from alignloop.loop.store import refuse_unsafe_dir
 from alignloop.policies.adapter import CONFIG, WEIGHTS
+from alignloop.policies.model import preflight as model_preflight
+from alignloop.policies.model import preflight_adapter
 from alignloop.policies.objectives.base import Example
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.errors import ConfigError
+from alignloop.records.secrets import quote
 
 POSITIVE_SCORE = 7  # official CUT code: a judgment scored >= 7 is satisfactory
 # What `train` writes into its output directory. It replaces the whole directory, so it takes
@@ -45,6 +48,8 @@ def load_examples(path: str | Path) -> list[Example]:
             examples.append(_row_to_example(json.loads(line), f"{path}:{lineno}", lineno))
         except json.JSONDecodeError as e:
             errors.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:  # the decoder recurses once per level: ~1000 '[' end it
+            errors.append(f"{path}:{lineno}: nested too deeply; {NESTING_HELP}")
         except DataError as e:
             errors.append(str(e))
     if errors:
@@ -105,14 +110,33 @@ def _cut_row(row: dict, where: str, lineno: int) -> Example:
 
 
 def _iteration_examples(d: Path) -> list[Example]:
-    prompts = {p.id: p for p in read_jsonl(d / "prompts.jsonl", Prompt)}
-    samples = read_jsonl(d / "samples.jsonl", Sample)
-    judgments = {j.sample_id: j for j in read_jsonl(d / "judgments.jsonl", Judgment)}
-    return [
-        Example(prompts[s.prompt_id], s, judgments[s.id])
-        for s in samples
-        if s.id in judgments and judgments[s.id].has_signal
-    ]
+    """An iteration's judged samples. A run writes a judgment for every sample (a failed call
+    too, with its error), so a sample without one, a judgment of no sample or a sample of no
+    prompt means the directory is incomplete or was edited: refused, not skipped."""
+    if not (d / "judgments.jsonl").is_file():
+        raise DataError(
+            f"{d}/judgments.jsonl: missing (was the iteration judged? a run stopped after sampling leaves "
+            "none); resume the run to judge it, or pass --data the iteration directories that have one"
+        )
+    prompts = {p.id: p for p in read_records(d / "prompts.jsonl", Prompt)}
+    samples = read_records(d / "samples.jsonl", Sample)
+    judgments = {j.sample_id: j for j in read_records(d / "judgments.jsonl", Judgment)}
+    sample_ids = {s.id for s in samples}
+    _refuse_orphans(d, "samples.jsonl", "sample", [s.id for s in samples if s.id not in judgments], "no judgment")
+    _refuse_orphans(
+        d, "judgments.jsonl", "judgment of sample", [i for i in judgments if i not in sample_ids], "no sample"
+    )
+    _refuse_orphans(d, "samples.jsonl", "sample", [s.id for s in samples if s.prompt_id not in prompts], "no prompt")
+    return [Example(prompts[s.prompt_id], s, judgments[s.id]) for s in samples if judgments[s.id].has_signal]
+
+
+def _refuse_orphans(d: Path, file: str, what: str, ids: list[str], lacking: str) -> None:
+    if ids:
+        more = f" and {len(ids) - 1} more" if len(ids) > 1 else ""
+        raise DataError(
+            f"{d}/{file}: {what} {quote(ids[0], 60)}{more} with {lacking} in this iteration directory; "
+            "it is incomplete or was edited (alignloop writes them together)"
+        )
 
 
 def train(cfg, data: str, out: str | None = None) -> dict:
@@ -125,6 +149,9 @@ def train(cfg, data: str, out: str | None = None) -> dict:
     out_dir = Path(out or cfg.resolved_run_dir / "offline-adapter")
     check_out_dir(out_dir)  # before minutes of training
     examples = load_examples(data)
+    model_preflight(cfg.model.path)  # before loading it: a mistyped path answers at once
+    if cfg.model.adapter:
+        preflight_adapter(cfg.model.adapter)
     learner = Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed)
     with phase("training", None, "step") as bar:  # one call: the count shows when it returns
         learned = learner.learn(examples, iteration=1)

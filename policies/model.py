@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 
 
 class ModelNotFound(Exception):
-    pass
+    """The model or adapter a config names cannot be found or loaded: the user's to fix (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,36 @@ def preflight(path: str) -> None:
     resolve_model_path(path)
 
 
+def preflight_adapter(path: str, field: str = "model.adapter") -> None:
+    """Fail fast when the adapter directory a config names is missing or not a PEFT adapter:
+    its config must parse and its weights file must open (only the header is read)."""
+    adapter = Path(path).expanduser()
+    if not adapter.is_dir():
+        raise ModelNotFound(
+            f"{field} {path!r}: no such directory; point it at an adapter directory (adapter_config.json)"
+        )
+    config, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {weights.name}")
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - missing, unreadable or damaged: all the user's to fix
+        raise ModelNotFound(
+            f"{field} {path!r}: not a readable PEFT adapter ({_brief(e)}); point it at a directory written by "
+            "`alignloop train` or a run (iter-*/adapter)"
+        ) from None
+
+
+def _brief(e: BaseException) -> str:
+    """An exception's type and the first line of its message, short (a hub error runs to pages)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
 def needs_conversion(path: str) -> bool:
     return path in EMBEDDED and not (cache_dir() / "models" / path / "config.json").exists()
 
@@ -149,10 +180,22 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# What transformers raises for a model it cannot load: missing or damaged files (OSError, a
+# safetensors error), a config it cannot parse or does not know (ValueError, KeyError), no
+# network for a hub id (OSError). Not caught: running out of memory and other runtime faults.
+def _load_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, SafetensorError)
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except _load_errors() as e:
+        raise ModelNotFound(f"model.path {path!r}: cannot load its tokenizer ({_brief(e)})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -164,7 +207,10 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except _load_errors() as e:
+        raise ModelNotFound(f"model.path {path!r}: cannot load the model ({_brief(e)})") from None
     return model.to(device)  # type: ignore[arg-type]  # transformers' typed `.to` wrapper loses `self`
 
 

@@ -143,3 +143,99 @@ def test_train_refuses_its_out_directory_before_it_trains(tmp_path):
     with pytest.raises(ConfigError, match="--out .*out: holds files"):
         train(cfg, str(tmp_path / "no-such-data.jsonl"), str(tmp_path / "out"))  # no data, no model: refused first
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep"
+
+
+def iteration_dir(tmp_path) -> Path:
+    """iter-0001 of a run: two prompts, a sample each, a judgment each."""
+    d = tmp_path / "run" / "iter-0001"
+    d.mkdir(parents=True)
+    prompts = [Prompt(id=f"p{k}", messages=[Message(role="user", content=f"q{k}")]) for k in range(2)]
+    samples = [Sample(id=f"s{k}", prompt_id=f"p{k}", response=f"r{k}", policy_version=0) for k in range(2)]
+    write_jsonl(d / "prompts.jsonl", prompts)
+    write_jsonl(d / "samples.jsonl", samples)
+    write_jsonl(d / "judgments.jsonl", [Judgment(sample_id=s.id, verdict="positive", judge="j") for s in samples])
+    return d
+
+
+def drop_line(path: Path, n: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: n - 1] + lines[n:]))
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("no judgments.jsonl", r"iter-0001/judgments.jsonl: missing \(was the iteration judged"),
+        ("a sample without its judgment", r"iter-0001/samples.jsonl: sample 's1' with no judgment"),
+        ("a judgment without its sample", r"iter-0001/judgments.jsonl: judgment of sample 's1' with no sample"),
+        ("a sample without its prompt", r"iter-0001/samples.jsonl: sample 's0' with no prompt"),
+        ("a malformed sample", r"iter-0001/samples.jsonl:2: not a Sample record \(Invalid JSON"),
+        ("no samples.jsonl", r"iter-0001/samples.jsonl: missing"),
+    ],
+)
+def test_an_incomplete_or_edited_run_directory_is_refused(tmp_path, damage, expected):
+    d = iteration_dir(tmp_path)
+    if damage == "no judgments.jsonl":
+        (d / "judgments.jsonl").unlink()
+    elif damage == "a sample without its judgment":
+        drop_line(d / "judgments.jsonl", 2)
+    elif damage == "a judgment without its sample":
+        drop_line(d / "samples.jsonl", 2)
+    elif damage == "a sample without its prompt":
+        drop_line(d / "prompts.jsonl", 1)
+    elif damage == "a malformed sample":
+        (d / "samples.jsonl").write_text((d / "samples.jsonl").read_text().splitlines()[0] + "\n{oops\n")
+    else:
+        (d / "samples.jsonl").unlink()
+        (d / "judgments.jsonl").write_text("")
+    with pytest.raises(DataError, match=expected):
+        load_examples(tmp_path / "run")
+    assert len(load_examples(iteration_dir(tmp_path / "intact"))) == 2
+
+
+def test_a_deeply_nested_cut_row_is_a_bad_row(tmp_path):
+    p = write(tmp_path, [{"instruction": "x", "output": "y", "judgment": None}, "[" * 100000 + "]" * 100000])
+    with pytest.raises(DataError, match=r"t.jsonl:2: nested too deeply"):
+        load_examples(p)
+
+
+def test_train_refuses_a_missing_model_or_adapter_before_loading_anything(tmp_path, capsys):
+    """Exit 2 naming the field, before any model is loaded (and nothing written to --out)."""
+    from alignloop.loop.cli import main
+
+    data = write(tmp_path, [{"instruction": "x", "output": "y", "judgment": None}])
+    (tmp_path / "not-a-model").mkdir()
+    fake_model = tmp_path / "model"  # passes the model's preflight; the adapter's check comes first
+    fake_model.mkdir()
+    (fake_model / "config.json").write_text("{}")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "adapter_config.json").write_text("{}")
+    (damaged / "adapter_model.safetensors").write_text("not safetensors")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        json.dumps(
+            {"name": "t", "data": {"path": str(data)}, "judge": {"type": "rules", "checks": [{"type": "finished"}]}}
+        )
+    )
+    for overrides, expected in [
+        ([f"model.path={tmp_path / 'missing'}"], "is neither an embedded model"),
+        ([f"model.path={tmp_path / 'not-a-model'}"], "is a directory but not a Hugging Face model"),
+        ([f"model.path={fake_model}", f"model.adapter={tmp_path / 'none'}"], "model.adapter '" + str(tmp_path)),
+        ([f"model.path={fake_model}", f"model.adapter={damaged}"], "not a readable PEFT adapter (SafetensorError"),
+    ]:
+        sets = [a for o in overrides for a in ("--set", o)]
+        code = main(["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "out"), *sets])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_directory_that_cannot_be_loaded_is_model_not_found(tmp_path):
+    from alignloop.policies.model import ModelNotFound, load_model, load_tokenizer
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelNotFound, match=r"cannot load its tokenizer \(OSError: .*not a valid JSON file"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(ModelNotFound, match=r"cannot load the model \(OSError"):
+        load_model(str(tmp_path))
