@@ -11,8 +11,15 @@ from ray.util.placement_group import remove_placement_group
 
 from alignloop.loop.config import RunConfig
 from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
+from alignloop.loop.roles.learner_group import LearnerGroup
 from alignloop.loop.roles.protocols import ActorLost, Exported
-from alignloop.loop.roles.ray_runtime import ACTOR_ENV, RayCalls, node_placement, sampler_placement
+from alignloop.loop.roles.ray_runtime import (
+    ACTOR_ENV,
+    RayCalls,
+    node_placement,
+    sampler_placement,
+    wait_for_placement,
+)
 from alignloop.loop.roles.samplers import SamplerReplicas
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.objectives.base import Example
@@ -71,14 +78,20 @@ class RayRoles:
         self.cfg = cfg
         self.judge_pools: list[JudgeWorkers] = []  # the run's judges and any evaluation's own
         sampler_cls: Any = ray.remote(sampler_class(cfg.sampler.backend))  # an actor class
-        placed = [sampler_placement(cfg.sampler) for _ in range(cfg.sampler.replicas)]
+        placed = [sampler_placement(cfg.sampler, cfg.ray.placement_timeout_s) for _ in range(cfg.sampler.replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
+        wait_for_placement(cfg)  # every other actor fits, or a message instead of waiting for good
         self.samplers = SamplerReplicas(
             [sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed],
             RayCalls(),
             answer_timeout_s=cfg.ray.actor_restart_timeout_s,
         )
         self.judges = self.judges_for(cfg.judge)
+        self.learner: RayLearner | LearnerGroup
+        if cfg.learner.ranks > 1:
+            self.learner = LearnerGroup(cfg)
+            self.learner_handles = list(self.learner.handles)
+            return
         # Two threads: one trains, the other answers progress() while it does.
         learner_cls = ray.remote(Learner).options(
             num_cpus=cfg.learner.num_cpus,
@@ -88,6 +101,7 @@ class RayRoles:
             max_concurrency=2,
         )
         self.learner = RayLearner(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
+        self.learner_handles = [self.learner.handle]
 
     def judges_for(self, judge_cfg) -> JudgeWorkers:
         """JudgeWorker actors for one judge config (the run's, or an evaluation's own)."""
@@ -111,14 +125,16 @@ class RayRoles:
             "hf": "about 5-20 s on a CPU",
             "vllm": "a vLLM engine: about 35 s on a CPU, longer for a large model on a GPU",
         }
+        ranks = self.cfg.learner.ranks
         return (
             f"{len(self.samplers.handles)} sampler(s) ({self.cfg.sampler.backend}), "
-            f"{len(self.judges.handles)} judge actor(s) and the learner; loading the model takes "
+            f"{len(self.judges.handles)} judge actor(s) and the learner{f' ({ranks} ranks)' if ranks > 1 else ''}; "
+            "loading the model takes "
             f"{wait[self.cfg.sampler.backend]}"
         )
 
     def handles(self) -> list:
-        return [*self.samplers.handles, *(h for pool in self.judge_pools for h in pool.handles), self.learner.handle]
+        return [*self.samplers.handles, *(h for pool in self.judge_pools for h in pool.handles), *self.learner_handles]
 
     def wait_ready(self) -> None:
         """Block until every actor has been constructed (its model loaded); a constructor that
@@ -127,7 +143,7 @@ class RayRoles:
 
     def placement(self) -> dict:
         return node_placement(
-            {"samplers": self.samplers.handles, "judges": self.judges.handles, "learner": [self.learner.handle]}
+            {"samplers": self.samplers.handles, "judges": self.judges.handles, "learner": self.learner_handles}
         )
 
     def shutdown(self) -> None:
@@ -136,3 +152,5 @@ class RayRoles:
             ray.kill(handle)
         for group in self.placement_groups:
             remove_placement_group(group)
+        if isinstance(self.learner, LearnerGroup):
+            remove_placement_group(self.learner.placement_group)

@@ -5,6 +5,7 @@ optimizer step and the same adapter, within float32 summation-order error."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -142,3 +143,44 @@ def load_safetensors_initial(name: str, cfg) -> dict[str, torch.Tensor]:
     from alignloop.policies.learner import Learner
 
     return load_safetensors(Learner(cfg.model, cfg.learner, 1.0, 0).export().weights)
+
+
+# As tests/integration/test_actor_death.py: long responses and 30 epochs on each prompt's best
+# response, so that the ranks are inside learn() long enough to be caught there.
+RAY_SETTINGS = dict(
+    iterations=3,
+    sampler={"samples_per_prompt": 3, "max_new_tokens": 64, "batch_size": 1, "num_cpus": 0.5, "threads": 1},
+    learner={
+        "objective": {"type": "sft", "best_of_n": True},
+        "epochs": 30,
+        "lr": 5e-3,
+        "minibatch_size": 4,
+        "micro_batch_size": 2,
+        "num_cpus": 0.5,
+        "threads": 1,
+        "ranks": 2,
+    },
+)
+
+
+def test_two_ranks_on_ray_a_rank_killed_mid_learn_exits_7_and_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_model):
+    import json
+
+    from tests.helpers import alignloop, artifacts, assert_same, finish, state_of, write_config
+    from tests.integration.test_actor_death import kill_when
+
+    finish(alignloop("run", str(write_config(tmp_path, tiny_model, "full", **RAY_SETTINGS))))
+    placed = [json.loads(line) for line in (tmp_path / "full" / "placement.jsonl").read_text().splitlines()]
+    assert len(placed[-1]["learner"]) == 2, "two learner actors, each one rank"
+    reference = artifacts(tmp_path / "full")
+
+    config = write_config(tmp_path, tiny_model, "killed", **RAY_SETTINGS)
+    proc = alignloop("run", str(config))
+    state = kill_when(proc, tmp_path / "killed", [(2, "judge"), (3, "judge")], "ray::RankLearner.learn")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 7, out
+    assert re.search(r"learner rank [01] of 2 died during learn\(\)", out) and "--resume" in out, out
+    assert "Traceback" not in out
+    assert state_of(tmp_path / "killed") == state, "everything finished before the kill is kept"
+    finish(alignloop("run", str(config), "--resume"))
+    assert_same(reference, artifacts(tmp_path / "killed"))

@@ -55,3 +55,11 @@ def test_one_rank_is_the_default_and_ranks_place_packed_unless_asked():
     assert (cfg.learner.ranks, cfg.learner.placement) == (1, "pack")
     spread = validate_config({**base, "learner": {"ranks": 2, "placement": "spread"}})
     assert (spread.learner.ranks, spread.learner.placement) == (2, "spread")
+
+
+def test_the_learner_group_satisfies_the_learner_role():
+    from alignloop.loop.roles import protocols
+    from alignloop.loop.roles.learner_group import LearnerGroup
+    from tests.unit.test_roles import test_implementation_satisfies_protocol
+
+    test_implementation_satisfies_protocol(protocols.LearnerRole, LearnerGroup)
