@@ -8,6 +8,10 @@ stored: an error is always retried.
 
 SQLite, because several judge actors on one machine may write at once; keep the file on a
 local disk (SQLite locking is unreliable on network filesystems).
+
+The file holds prompts, responses and the judge's replies: it is created readable by its
+owner only (0600; SQLite gives its -wal and -shm files the same mode), and the directories
+made for it 0700. A file that already exists keeps its mode.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def cache_key(identity: dict) -> str:
 class JudgmentCache:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dirs(self.path.parent)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite would create it 0644
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # A cache may lose its last entries in a power cut (they are asked again); it need
@@ -62,3 +67,15 @@ class JudgmentCache:
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+
+
+def _private_dirs(path: Path) -> None:
+    """mkdir -p, the directories it creates 0700."""
+    if path.is_dir() or path == path.parent:
+        return
+    _private_dirs(path.parent)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise

@@ -11,6 +11,11 @@
 Every file is written to a temporary name and renamed into place, so a SIGKILL leaves either
 the old file or the new one, never half of one. state.json is written last, after the
 artifacts of the step it records.
+
+What a run writes holds prompts, responses, judgments and its config: files are created
+readable by their owner only (0600, the directories made for them 0700) unless the config
+sets `shared_files: true` (then the umask decides, as for any file). Only modes change, never
+a byte of what is written.
 """
 
 from __future__ import annotations
@@ -34,22 +39,53 @@ from alignloop.loop.config import ConfigError, RunConfig, resume_conflicts, to_y
 from alignloop.loop.cursor import STEPS, Cursor, Step
 from alignloop.policies.adapter import WEIGHTS, AdapterPayload
 from alignloop.records import Judgment, Prompt, Sample
+from alignloop.records.secrets import quote
 
-# mkstemp creates files 0600; artifacts should get the usual permissions (the umask's).
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_shared = False  # set from the config's shared_files when a run directory is prepared
 R = TypeVar("R", bound=BaseModel)
 
 
+def share_files(shared: bool) -> None:
+    """Whether files written from now on get the umask's permissions (True) or the owner's only."""
+    global _shared
+    _shared = shared
+
+
+def file_mode() -> int:
+    return 0o666 & ~_UMASK if _shared else 0o600
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_UMASK if _shared else 0o700
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, every directory it creates getting dir_mode() (mkdir's `parents` would give the
+    parents the umask's)."""
+    missing = []
+    while not path.is_dir() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=dir_mode())
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            # another writer made it at the same moment
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,11 +98,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_dir(path: Path, files: dict[str, bytes]) -> None:
     """Write a whole directory at once: fill a temporary sibling, then swap it in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_UMASK)
     for name, data in files.items():
         (tmp / name).write_bytes(data)
+        os.chmod(tmp / name, file_mode())
+    os.chmod(tmp, dir_mode())  # mkdtemp made it 0700: no one else could look in while it filled
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -133,11 +170,77 @@ class RunState:
 
     @classmethod
     def from_json(cls, data: dict) -> RunState:
+        """Raises ValueError naming the first field whose value has the wrong type."""
+        if problem := state_problem(data):
+            raise ValueError(problem)
         data = dict(data)
         cursor = data.pop("data", {})
         if not isinstance(cursor, dict):
             raise TypeError("'data' is not an object")
         return cls(**data, cursor=Cursor.from_json(cursor))
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _text_or_none(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# state.json's fields: what each must be, said as the error says it.
+_STATE_FIELDS = {
+    "iteration": (_count, "a whole number >= 0"),
+    "step": (lambda v: v in STEPS, f"one of {', '.join(STEPS)}"),
+    "adapter_version": (_count, "a whole number >= 0"),
+    "adapter_checksum": (_text_or_none, "a string or null"),
+    "data": (lambda v: isinstance(v, dict), "an object"),
+    "base": (_count, "a whole number >= 0"),
+    "origin": (_text_or_none, "a string or null"),
+    "origin_optimizer": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def state_problem(data: dict) -> str | None:
+    """The first field of a state.json document (cursor included) of the wrong type, said
+    with a short quote of its value; None when every field is what a run writes."""
+    fields_ = [(k, v, *_STATE_FIELDS[k]) for k, v in data.items() if k in _STATE_FIELDS]
+    cursor = data.get("data")
+    if isinstance(cursor, dict):
+        fields_ += _cursor_fields(cursor)
+    for name, value, ok, what in fields_:
+        if not ok(value):
+            return f"field {name!r} is {quote(value, 40)}, not {what}"
+    return None
+
+
+def _cursor_fields(cursor: dict) -> list[tuple]:
+    out: list[tuple] = []
+    stream, pending, ahead = cursor.get("stream"), cursor.get("pending"), cursor.get("ahead")
+    out.append(("data.stream", stream, lambda v: v is None or isinstance(v, dict), "an object or null"))
+    if isinstance(stream, dict):
+        for k in ("epoch", "position"):
+            out.append((f"data.stream.{k}", stream.get(k), _count, "a whole number >= 0"))
+        order = stream.get("order")
+        out.append(
+            (
+                "data.stream.order",
+                order,
+                lambda v: v is None or (isinstance(v, list) and all(_count(i) for i in v)),
+                "a list of whole numbers or null",
+            )
+        )
+    out.append(("data.pending", pending, lambda v: v is None or isinstance(v, dict), "an object or null"))
+    out.append(("data.ahead", ahead, lambda v: v is None or isinstance(v, dict), "an object or null"))
+    for j, entry in (ahead or {}).items() if isinstance(ahead, dict) else ():
+        out.append((f"data.ahead.{j}", j, lambda v: v.isdigit(), "an iteration number"))
+        out.append((f"data.ahead.{j}", entry, lambda v: isinstance(v, dict) and "step" in v, "an object with a step"))
+        if isinstance(entry, dict):
+            out.append((f"data.ahead.{j}.step", entry.get("step"), lambda v: v in STEPS, f"one of {', '.join(STEPS)}"))
+            out.append(
+                (f"data.ahead.{j}.pending", entry.get("pending", {}), lambda v: isinstance(v, dict), "an object")
+            )
+    return out
 
 
 class RunStore:
@@ -152,7 +255,8 @@ class RunStore:
         placed differently, so every start gets its line."""
         if placement:
             line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **placement}, sort_keys=True)
-            with open(self.root / "placement.jsonl", "a", encoding="utf-8") as f:
+            fd = os.open(self.root / "placement.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode())
+            with open(fd, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
     # per-iteration artifacts ---------------------------------------------------------------
@@ -225,7 +329,7 @@ class RunStore:
         return self.root / "state.json"
 
     def load_state(self) -> RunState | None:
-        if not self.state_path.exists():
+        if not _present(self.state_path):
             return None
         data = self._json(self.state_path)
         try:
@@ -270,10 +374,14 @@ class RunStore:
 
     def read_metrics(self) -> list[dict]:
         p = self.root / "metrics.jsonl"
-        if not p.exists():
+        if not _present(p):
             return []
+        try:
+            text = p.read_text(errors="replace")
+        except OSError as e:  # a symlink loop, a directory, no permission: never "no iterations"
+            raise self.damaged(p, f"cannot be read ({e.strerror or e})") from None
         rows = []
-        for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -339,6 +447,10 @@ class RunStore:
             data = json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError) as e:
             raise self.damaged(path, f"not valid JSON ({e})") from None
+        except OSError as e:
+            raise self.damaged(path, f"cannot be read ({e.strerror or e})") from None
+        except RecursionError:
+            raise self.damaged(path, "nested too deeply to be a run's file") from None
         if not isinstance(data, dict):
             raise self.damaged(path, "not a JSON object")
         return data
@@ -348,6 +460,12 @@ class RunStore:
         return ConfigError(
             f"{path}: damaged run directory: {what}; restore it from a backup, or start the run over with --overwrite"
         )
+
+
+def _present(path: Path) -> bool:
+    """There, readable or not: exists() says False for a symlink loop or a dangling link, which
+    must be reported as damage rather than read as nothing."""
+    return path.exists() or path.is_symlink()
 
 
 def _count_lines(path: Path) -> int:
@@ -430,6 +548,9 @@ def check_ownership(root: Path, overwrite: bool, name: str) -> None:
     --overwrite clears only the latter: a directory of the user's files is never touched."""
     if root.exists() and not root.is_dir():
         raise ConfigError(f"run_dir {root}: is a file, not a directory; set run_dir to a directory, e.g. runs/{name}")
+    above = next((p for p in root.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"run_dir {root}: {above} is a file, not a directory; set run_dir to a directory")
     if overwrite:
         refuse_unsafe_dir(root, "--overwrite", f"set run_dir to a directory of its own, e.g. --set run_dir=runs/{name}")
     found = others_files(root)
@@ -450,8 +571,16 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunStore:
     """check_run_dir, then start over (--overwrite), mark the directory as alignloop's and
     save the resolved config."""
     store = check_run_dir(cfg, resume, overwrite)
+    share_files(cfg.shared_files)
     if overwrite:
         store.reset()
+    make_dirs(store.root)
+    if not (store.root / MARKER).exists() and not cfg.shared_files:
+        # New (the lock made it), empty, or a run from before the marker: its files are private.
+        try:
+            os.chmod(store.root, dir_mode())
+        except PermissionError:
+            pass  # not ours to change; the files in it are still created 0600
     mark_run_dir(store.root)  # a run from before the marker gets it here
     atomic_write_text(store.config_path, to_yaml(cfg))
     return store

@@ -268,6 +268,13 @@ class RoundConfig(Strict):
 class RunConfig(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     run_dir: str | None = Field(None, description="Where artifacts go (None: runs/<name>).")
+    shared_files: bool = Field(
+        False,
+        description=(
+            "Create the run's files with the umask's permissions (false: owner only, files 0600 and directories "
+            "0700, as they hold prompts, responses, judgments and the config)."
+        ),
+    )
     seed: int = Field(0, description="Seeds data order, sampling and training.")
     iterations: int = Field(5, gt=0, description="Sample-judge-learn cycles.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy and its LoRA adapter.")
