@@ -209,6 +209,12 @@ class RayConfig(Strict):
         description="How long a restarted sampler (it loads the model again) may take to answer before "
         "the run counts it as gone (its node may have left the cluster).",
     )
+    placement_timeout_s: float = Field(
+        300,
+        gt=0,
+        description="How long the run waits for the cluster to hold every actor's CPUs, GPUs and resources "
+        "before it stops with a message naming what was asked and what is there (exit 2).",
+    )
 
 
 class WandbOptions(Strict):

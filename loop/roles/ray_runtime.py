@@ -11,11 +11,14 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignloop.loop import orphans
-from alignloop.loop.config import BUILTIN_RESOURCES, RayConfig
+from alignloop.loop.config import BUILTIN_RESOURCES, ConfigError, RayConfig, RunConfig
 from alignloop.loop.roles.protocols import ActorLost, actor_error
 
-# How long a tensor-parallel sampler waits for its GPUs before the run gives up.
+# How long the run waits for the cluster to hold its actors (a tensor-parallel sampler: its
+# GPUs) before it gives up: the default of ray.placement_timeout_s.
 PLACEMENT_TIMEOUT_S = 300
+# After this long without the actors placed, a line says what the run is waiting for.
+PLACEMENT_QUIET_S = 5
 
 # Set on every actor; Ray merges an actor's env_vars into the job's (a submitted job's own
 # variables stay). Secrets are never put here: judges read their key on the node they run on.
@@ -64,7 +67,97 @@ def is_builtin_resource(name: str) -> bool:
     return name in BUILTIN_RESOURCES or name.startswith("node:")
 
 
-def sampler_placement(sampler) -> tuple[dict, object | None]:
+class PlacementTimeout(ConfigError):
+    """The cluster did not hold the run's actors within ray.placement_timeout_s (exit 2)."""
+
+
+def _needs(role) -> dict[str, float]:
+    """What one actor of a sampler, judging or learner config holds while it lives."""
+    wanted = {"CPU": role.num_cpus, "GPU": role.num_gpus, **role.resources}
+    return {k: float(v) for k, v in wanted.items() if v}
+
+
+def actor_bundles(cfg: RunConfig) -> list[tuple[str, dict[str, float]]]:
+    """(role, resources) of every actor the run starts, but the tensor-parallel samplers (they
+    wait for their own placement groups) and actors that ask for nothing (they fit anywhere);
+    a round with an eval judge of its own starts a second pool of judge actors."""
+    samplers = cfg.sampler.replicas if cfg.sampler.engine.tensor_parallel_size == 1 else 0
+    judge_pools = 2 if cfg.round.eval is not None and cfg.round.eval.judge is not None else 1
+    learners = getattr(cfg.learner, "ranks", 1)
+    roles = [("sampler", cfg.sampler)] * samplers
+    roles += [("judge", cfg.judging)] * (cfg.judging.actors * judge_pools) + [("learner", cfg.learner)] * learners
+    return [(name, _needs(role)) for name, role in roles if _needs(role)]
+
+
+def wait_for_placement(cfg: RunConfig) -> None:
+    """Reserve at once what every actor will hold, wait on Ray until the reservation is
+    placed, then release it for the actors. An actor that fits nowhere would otherwise stay
+    pending for good, and the run with it, without a word: this ends in a PlacementTimeout
+    naming what was asked and what the cluster has, after ray.placement_timeout_s."""
+    bundles = actor_bundles(cfg)
+    if not bundles:
+        return
+    group = placement_group([b for _, b in bundles], strategy="PACK")  # PACK may still use several nodes
+    timeout = cfg.ray.placement_timeout_s
+    try:
+        placed = _ready(group, min(PLACEMENT_QUIET_S, timeout))
+        if not placed and timeout > PLACEMENT_QUIET_S:
+            print(
+                f"waiting up to {timeout:.0f} s (ray.placement_timeout_s) for the cluster to hold the actors: "
+                f"{_asked(bundles)}",
+                flush=True,
+            )
+            placed = _ready(group, timeout - PLACEMENT_QUIET_S)
+    finally:
+        remove_placement_group(group)
+    if not placed:
+        raise PlacementTimeout(
+            f"the cluster cannot hold the run's actors (waited {timeout:.0f} s, ray.placement_timeout_s): "
+            f"they ask for {_asked(bundles)}; {_cluster(bundles)}. Lower sampler.replicas, judging.actors or the "
+            "actors' num_cpus / num_gpus / resources, add nodes that offer them, or raise ray.placement_timeout_s "
+            "if nodes are still joining"
+        )
+
+
+def _ready(group, timeout: float) -> bool:
+    try:
+        ray.get(group.ready(), timeout=timeout)
+        return True
+    except ray.exceptions.GetTimeoutError:
+        return False
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
+
+
+def _asked(bundles: list[tuple[str, dict[str, float]]]) -> str:
+    """'2 sampler(s) {CPU: 1, node_a: 1}, 1 learner(s) {CPU: 1}; in all {CPU: 3, node_a: 2}'."""
+    groups: dict[tuple[str, str], int] = {}
+    total: dict[str, float] = {}
+    for name, b in bundles:
+        groups[(name, _fmt(b))] = groups.get((name, _fmt(b)), 0) + 1
+        for k, v in b.items():
+            total[k] = total.get(k, 0.0) + v
+    each = ", ".join(f"{n} {name}(s) {spec}" for (name, spec), n in groups.items())
+    return f"{each}; in all {_fmt(total)}"
+
+
+def _cluster(bundles: list[tuple[str, dict[str, float]]]) -> str:
+    """What the cluster has (of the resources asked for), and which actor fits on no node."""
+    keys = {k for _, b in bundles for k in b}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    has = {k: sum(n.get(k, 0.0) for n in nodes) for k in keys}
+    text = f"the cluster has {_fmt(has)} on {len(nodes)} node(s)"
+    homeless = next((f"{name} {_fmt(b)}" for name, b in bundles if not any(_fits(b, n) for n in nodes)), None)
+    return f"{text}, and no node can hold one {homeless}" if homeless else text
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(k, 0.0) >= v for k, v in bundle.items())
+
+
+def sampler_placement(sampler, timeout_s: float = PLACEMENT_TIMEOUT_S) -> tuple[dict, object | None]:
     """Actor options for one sampler replica, and the placement group made for it (or None).
 
     One engine on one device: plain actor resources. A tensor-parallel engine: a placement
@@ -83,14 +176,12 @@ def sampler_placement(sampler) -> tuple[dict, object | None]:
         ), None
     first = {"GPU": 1, **({"CPU": sampler.num_cpus} if sampler.num_cpus else {}), **sampler.resources}
     group = placement_group([first] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
-    try:
-        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
+    if not _ready(group, timeout_s):
         remove_placement_group(group)
-        raise RuntimeError(
-            f"no node has {tp} free GPUs for a tensor-parallel sampler engine (waited {PLACEMENT_TIMEOUT_S}s); "
-            "lower sampler.replicas or sampler.vllm.tensor_parallel_size, or add GPU nodes"
-        ) from None
+        raise PlacementTimeout(
+            f"no node has {tp} free GPUs for a tensor-parallel sampler engine (waited {timeout_s:.0f} s, "
+            "ray.placement_timeout_s); lower sampler.replicas or sampler.vllm.tensor_parallel_size, or add GPU nodes"
+        )
     strategy = PlacementGroupSchedulingStrategy(
         placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
     )
