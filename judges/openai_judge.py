@@ -448,7 +448,8 @@ def _make_client(config: OpenAIJudgeConfig, endpoint: Endpoint | None):
     from openai._constants import DEFAULT_CONNECTION_LIMITS
 
     assert endpoint is not None, "a judge without an injected client reads its endpoint at construction"
-    inner = httpx2.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS)
+    # A client given a transport ignores the proxy variables; this one is told of them.
+    inner = httpx2.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS, proxy=env_proxy(endpoint.url))
     http = DefaultAsyncHttpxClient(transport=capped_transport(inner, config.max_reply_bytes), timeout=config.timeout_s)
     # max_retries=0: retries happen in OpenAIJudge.call, where they are jittered and counted.
     # The openai client refuses an empty key even for servers that ignore it; HTTP Basic
@@ -461,6 +462,18 @@ def _make_client(config: OpenAIJudgeConfig, endpoint: Endpoint | None):
         timeout=config.timeout_s,
         http_client=http,
     )
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, less
+    NO_PROXY), as the openai client's own transport would have used."""
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def capped_transport(inner, cap: int):

@@ -159,3 +159,16 @@ def test_a_trickling_server_ends_in_the_deadline_not_the_inactivity_timeout():
 def test_the_deadline_defaults_to_four_inactivity_timeouts():
     assert OpenAIJudgeConfig(model="m", timeout_s=15).request_deadline_s == 60
     assert OpenAIJudgeConfig(model="m", timeout_s=15, deadline_s=20).request_deadline_s == 20
+
+
+def test_the_capped_client_still_goes_through_the_proxy_the_environment_names(monkeypatch):
+    """A client given its own transport ignores HTTP_PROXY unless told; the fake server stands
+    in for the proxy (it answers the absolute-form request a proxy receives)."""
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeOpenAIServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+        j, _ = judge_once("http://judge.invalid/v1", max_retries=0)
+    assert j.error is None and j.verdict == "positive" and proxy.requests == 1
