@@ -84,7 +84,7 @@ def actor_bundles(cfg: RunConfig) -> list[tuple[str, dict[str, float]]]:
     samplers = cfg.sampler.replicas if cfg.sampler.engine.tensor_parallel_size == 1 else 0
     judge_pools = 2 if cfg.round.eval is not None and cfg.round.eval.judge is not None else 1
     learners = getattr(cfg.learner, "ranks", 1)
-    roles = [("sampler", cfg.sampler)] * samplers
+    roles: list[tuple[str, Any]] = [("sampler", cfg.sampler)] * samplers
     roles += [("judge", cfg.judging)] * (cfg.judging.actors * judge_pools) + [("learner", cfg.learner)] * learners
     return [(name, _needs(role)) for name, role in roles if _needs(role)]
 
