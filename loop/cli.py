@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.CRASH
 
 
+def complain(error: object) -> None:
+    """An error for the user, on stderr, masked: a message may quote a value holding a key."""
+    print(mask_secrets(f"alignloop: {error}"), file=sys.stderr)
+
+
 def command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="alignloop", description="Online alignment rounds: sample, judge, learn, broadcast."
@@ -99,7 +104,7 @@ def command(argv: list[str] | None) -> int:
             print(to_yaml(cfg), end="")
             return Exit.OK
     except ConfigError as e:
-        print(f"alignloop: {e}", file=sys.stderr)
+        complain(e)
         if args.command == "round" and args.json:  # a scheduler reads this line, whatever happened
             print(json.dumps({"series": None, "code": Exit.CONFIG, "round": args.round_id}))
         return Exit.CONFIG
@@ -123,16 +128,16 @@ def guarded(work) -> int:
     try:
         work()
     except (ConfigError, DataError, ModelNotFound) as e:
-        print(f"alignloop: {e}", file=sys.stderr)
+        complain(e)
         return Exit.CONFIG
     except JudgeErrorRate as e:  # the run stopped itself on purpose; everything finished is saved
-        print(f"alignloop: stopped: {e}", file=sys.stderr)
+        complain(f"stopped: {e}")
         return Exit.JUDGE_ERRORS
     except Locked as e:
-        print(f"alignloop: {e}", file=sys.stderr)
+        complain(e)
         return Exit.LOCKED
     except ActorLost as e:  # killed, out of memory, or its node removed; nothing finished is lost
-        print(f"alignloop: stopped: {e}", file=sys.stderr)
+        complain(f"stopped: {e}")
         return Exit.ACTOR_LOST
     return Exit.OK
 
@@ -148,7 +153,7 @@ def run_round(cfg, round_id: str, as_json: bool) -> int:
         code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
         if result:
             code = result[0].code
-            print(result[0].message, file=sys.stderr if code else sys.stdout)
+            print(mask_secrets(result[0].message), file=sys.stderr if code else sys.stdout)
     finally:
         if as_json:
             summary = result[0].summary() if result else {"code": code, "round": round_id}
@@ -164,7 +169,7 @@ def train_offline(cfg, data: str, out: str | None) -> int:
     try:
         result = train(cfg, data, out)
     except (DataError, ModelNotFound) as e:
-        print(f"alignloop: {e}", file=sys.stderr)
+        complain(e)
         return Exit.CONFIG
     print(json.dumps(result, indent=2))
     print(f"adapter: {result['adapter']} (start a run from it with --set model.adapter={result['adapter']})")
@@ -239,7 +244,7 @@ def show_series(root: Path) -> int:
     try:
         rounds = series.rounds()
     except ConfigError as e:
-        print(f"alignloop: {e}", file=sys.stderr)
+        complain(e)
         return Exit.CONFIG
     rows = [
         {

@@ -57,3 +57,15 @@ def test_an_interrupt_is_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "show_status", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["status", str(tmp_path)])
+
+
+def test_an_error_message_quoting_a_key_is_masked(tmp_path, capsys):
+    """A bad record's error echoes the bad value (pydantic's message does): on stderr, masked."""
+    data = tmp_path / "d.jsonl"
+    prompt = {"id": "p", "messages": [{"role": KEY, "content": "hi"}]}
+    sample = {"id": "s", "prompt_id": "p", "response": "r", "policy_version": 0}
+    data.write_text(json.dumps({"prompt": prompt, "sample": sample, "judgment": {"sample_id": "s", "judge": "j"}}))
+    code = cli.main(["train", str(config(tmp_path)), "--data", str(data), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == Exit.CONFIG and "d.jsonl:1: bad alignloop record" in err and "***" in err, err
+    assert KEY not in err
