@@ -34,17 +34,23 @@ def rank_bundle(learner) -> dict[str, float]:
     return {k: v for k, v in bundle.items() if v} or {"CPU": 0.01}
 
 
+# pack: as few nodes as fit (the gradients cross no network when one node holds them all);
+# spread: every rank on a node of its own (Ray's best-effort SPREAD may still pack them).
+STRATEGIES = {"pack": "PACK", "spread": "STRICT_SPREAD"}
+
+
 def place_ranks(learner):
     """A placement group of one bundle per rank, packed or spread as `learner.placement` says."""
-    group = placement_group([rank_bundle(learner)] * learner.ranks, strategy=learner.placement.upper())
+    group = placement_group([rank_bundle(learner)] * learner.ranks, strategy=STRATEGIES[learner.placement])
     try:
         ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
         raise RuntimeError(
             f"the cluster cannot place {learner.ranks} learner ranks of {rank_bundle(learner)} each "
-            f"({learner.placement}; waited {PLACEMENT_TIMEOUT_S}s): lower learner.ranks or what each reserves "
-            "(learner.num_cpus / num_gpus / resources), or add nodes"
+            f"({learner.placement}{': one node per rank' if learner.placement == 'spread' else ''}; waited "
+            f"{PLACEMENT_TIMEOUT_S}s): lower learner.ranks or what each reserves (learner.num_cpus / num_gpus / "
+            "resources), or add nodes"
         ) from None
     return group
 

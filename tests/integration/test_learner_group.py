@@ -15,6 +15,7 @@ from safetensors.torch import load as load_safetensors
 from alignloop.loop.config import validate_config
 from alignloop.policies.objectives.base import Example
 from alignloop.records import Judgment, Message, Prompt, Sample
+from tests.integration.test_cluster import cluster  # noqa: F401 - the two-node cluster fixture
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +185,35 @@ def test_two_ranks_on_ray_a_rank_killed_mid_learn_exits_7_and_resume_ends_as_an_
     assert state_of(tmp_path / "killed") == state, "everything finished before the kill is kept"
     finish(alignloop("run", str(config), "--resume"))
     assert_same(reference, artifacts(tmp_path / "killed"))
+
+
+def test_one_rank_on_each_node_of_a_two_node_cluster(tiny_model, tmp_path, cluster):  # noqa: F811
+    """learner.placement: spread on scripts/local_cluster.sh's two nodes: a rank on each, the
+    gradients summed across them, and the run completes as on one node."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import write_prompts
+    from tests.integration.test_cluster import ROOT, node_resources, overrides
+
+    _, env = cluster
+    prompts = write_prompts(tmp_path / "p.jsonl", n=8)
+    spread = ["learner.ranks=2", "learner.placement=spread", "learner.resources={}", "learner.num_cpus=0.25"]
+    spread += ["sampler.num_cpus=0.5"]  # room on the sampler's node for a rank
+    out = subprocess.run(
+        [sys.executable, "-m", "alignloop.loop.cli", "run", "configs/cluster-cpu.yaml"]
+        + overrides(tiny_model, prompts, tmp_path / "run")
+        + [arg for s in spread for arg in ("--set", s)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert (state["iteration"], state["step"], state["adapter_version"]) == (2, "learn", 2)
+    (placement,) = [json.loads(line) for line in (tmp_path / "run" / "placement.jsonl").read_text().splitlines()]
+    assert len(set(placement["learner"])) == 2, "the two ranks on two nodes"
+    assert node_resources(placement, "learner") == {"node_a", "node_b"}
