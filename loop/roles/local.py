@@ -110,6 +110,11 @@ class LocalRoles:
         from alignloop.policies.learner import Learner
         from alignloop.policies.samplers import sampler_class
 
+        if cfg.learner.ranks > 1:  # one process holds one rank; training one instead would ignore the setting
+            raise ValueError(
+                f"learner.ranks is {cfg.learner.ranks}, but the in-process roles hold one learner: run with Ray "
+                "(alignloop run), or set learner.ranks: 1"
+            )
         self.cfg = cfg
         cls = sampler_class(cfg.sampler.backend)
         self.samplers = SamplerReplicas(

@@ -63,3 +63,12 @@ def test_the_learner_group_satisfies_the_learner_role():
     from tests.unit.test_roles import test_implementation_satisfies_protocol
 
     test_implementation_satisfies_protocol(protocols.LearnerRole, LearnerGroup)
+
+
+def test_the_in_process_roles_refuse_several_ranks_rather_than_train_one():
+    from alignloop.loop.roles.local import LocalRoles
+
+    base = {"name": "t", "data": {"path": "x"}, "model": {"path": "m"}, "judge": {"type": "rules", "checks": []}}
+    base["judge"]["checks"] = [{"type": "finished"}]
+    with pytest.raises(ValueError, match="learner.ranks is 2, but the in-process roles hold one learner"):
+        LocalRoles(validate_config({**base, "learner": {"ranks": 2}}))
