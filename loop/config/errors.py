@@ -14,12 +14,17 @@ from alignloop.loop.config.schema import RunConfig
 
 # ConfigError lives at the bottom layer (records) so that judges and policies can raise it too.
 from alignloop.records.errors import ConfigError  # noqa: F401 - re-exported: loop.config.ConfigError
+from alignloop.records.secrets import mask_secrets, quote
+
+# A validator's own message may hold the value it refused (a 50 MB string, a pasted key).
+MAX_MESSAGE = 300
 
 
 def format_error(err: ErrorDetails, raw: dict) -> str:
-    """One line: the field path as the user wrote it, what is wrong, and what is allowed."""
+    """One line: the field path as the user wrote it, what is wrong, and what is allowed.
+    A value the user wrote is shown as quote() shows it: masked, at most a short prefix."""
     path, model = _user_path(err["loc"], raw)
-    where = ".".join(str(p) for p in path) or "(top level)"
+    where = ".".join(shown(p) for p in path) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = ", ".join(sorted(model.model_fields)) if model else "?"
@@ -27,15 +32,30 @@ def format_error(err: ErrorDetails, raw: dict) -> str:
     if kind == "missing":
         return f"{where}: required field is missing"
     if kind == "union_tag_invalid":
-        return f"{where}.type: {err['input'].get('type')!r} is not known; use one of {err['ctx']['expected_tags']}"
+        return f"{where}.type: {quote(err['input'].get('type'))} is not known; use one of {err['ctx']['expected_tags']}"
     if kind == "union_tag_not_found":
         return f"{where}: needs a `type` field naming which kind it is"
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = _bounded(err["msg"].removeprefix("Value error, "))
     if kind == "secret":  # never echo what may be a key
         return f"{where}: {msg}"
     if "input" in err and not isinstance(err["input"], (dict, list)):
-        return f"{where}: {msg} (got {err['input']!r})"
+        return f"{where}: {msg} (got {quote(err['input'])})"
     return f"{where}: {msg}"
+
+
+def shown(part: object) -> str:
+    """A name (a field, a key) as written, unless it is long or holds a key (a key pasted as a
+    field name): then as quote() shows it."""
+    text = str(part)
+    return text if len(text) <= 60 and mask_secrets(text) == text else quote(text, limit=60)
+
+
+def _bounded(msg: str) -> str:
+    """Masked, and cut to MAX_MESSAGE characters. Masked before the cut, so a key the cut
+    splits is still recognised; the margin covers the longest key shapes."""
+    if len(msg) <= MAX_MESSAGE:
+        return mask_secrets(msg)
+    return mask_secrets(msg[: MAX_MESSAGE + 200])[:MAX_MESSAGE] + f"... ({len(msg)} characters)"
 
 
 def _user_path(loc: tuple, raw: Any) -> tuple[list, type[BaseModel] | None]:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from alignloop.judges import JudgeConfig
 from alignloop.policies.objectives.options import ObjectiveConfig, SFTOptions
 from alignloop.policies.vllm_engine import VLLMSamplerOptions
+from alignloop.records.secrets import quote
 
 
 class Strict(BaseModel):
@@ -28,11 +29,11 @@ BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 def _custom_resources(value: dict[str, float]) -> dict[str, float]:
     for name, amount in value.items():
         if name in BUILTIN_RESOURCES:
-            raise ValueError(f"{name!r} is not a custom resource; set num_cpus / num_gpus instead")
+            raise ValueError(f"{quote(name)} is not a custom resource; set num_cpus / num_gpus instead")
         if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
-            raise ValueError(f"resource name {name!r}: use letters, digits and _ . : / - (e.g. node_b)")
+            raise ValueError(f"resource name {quote(name)}: use letters, digits and _ . : / - (e.g. node_b)")
         if not amount > 0:
-            raise ValueError(f"resource {name!r}: the amount must be > 0, got {amount}")
+            raise ValueError(f"resource {quote(name)}: the amount must be > 0, got {amount}")
     return value
 
 
@@ -303,7 +304,7 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _name_is_a_directory_name(self) -> RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
-            raise ValueError(f"name {self.name!r} must use only letters, digits, '.', '_' and '-'")
+            raise ValueError(f"name {quote(self.name)} must use only letters, digits, '.', '_' and '-'")
         return self
 
     @model_validator(mode="after")
