@@ -10,14 +10,13 @@ from contextlib import contextmanager
 from alignloop.loop.config import RunConfig
 from alignloop.loop.data import load_data
 from alignloop.loop.lock import DirLock
-from alignloop.loop.preflight import attached, preflight_run
+from alignloop.loop.preflight import attached, convert_embedded_once, preflight_run
 from alignloop.loop.progress import placement_line
 from alignloop.loop.roles.protocols import Exported
 from alignloop.loop.schedules import schedule_for
 from alignloop.loop.steps import Steps
 from alignloop.loop.store import RunStore, check_run_dir, prepare_run_dir
 from alignloop.loop.tracking import Tracking
-from alignloop.policies.model import cache_dir, ensure_embedded, needs_conversion
 from alignloop.records import Prompt
 
 
@@ -30,7 +29,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[d
         print(f"{store.root}: all {cfg.iterations} iterations are done (raise `iterations` to continue)")
         return store.read_metrics()
     prompts = load_data(cfg.data)
-    preflight_run(cfg, prompts)
+    preflight_run(cfg, prompts)  # the run against the model too: before Ray, before anything is written
     with DirLock(cfg.resolved_run_dir, "run directory"):
         store = prepare_run_dir(cfg, resume, overwrite)  # checked again: now no one else writes
         with started(cfg, store, prompts) as steps:
@@ -79,18 +78,3 @@ def started_roles(cfg: RunConfig):
         yield roles
     finally:
         roles.shutdown()
-
-
-def convert_embedded_once(path: str) -> None:
-    """The embedded model's one-time GGUF conversion, on the driver with a line saying so,
-    rather than silently inside the first actor that needs it."""
-    if not needs_conversion(path):
-        return
-    print(
-        f"converting the embedded model {path!r} from GGUF, once, into {cache_dir()} "
-        "(about 30 s on a 2-core CPU; later runs reuse it)",
-        flush=True,
-    )
-    start = time.perf_counter()
-    ensure_embedded(path)
-    print(f"converted in {time.perf_counter() - start:.0f} s", flush=True)
