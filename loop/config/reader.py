@@ -36,8 +36,8 @@ class BoundedLoader(yaml.SafeLoader):
         if size > MAX_NODES:
             raise YAMLRefused(
                 0,
-                f"its aliases (*name) expand it to more than {MAX_NODES:,} values (or into themselves); "
-                "write the values out, or use fewer nested aliases",
+                f"it holds more than {MAX_NODES:,} values once its aliases (*name) are expanded, or an alias "
+                "holds itself; use fewer nested aliases (or fewer values)",
             )
         return super().construct_document(node)
 

@@ -38,7 +38,7 @@ def test_an_alias_bomb_in_a_free_form_field_is_refused_before_validation(tmp_pat
     field = "extra_body" if "openai" in judge else "options"
     path = write(tmp_path, HEAD + judge + bomb(field=field))
     assert path.stat().st_size < 800
-    with pytest.raises(ConfigError, match=f"{path}: its aliases .* expand it to more than 100,000 values"):
+    with pytest.raises(ConfigError, match=f"{path}: it holds more than 100,000 values once its aliases"):
         load_config(path)
 
 
@@ -57,7 +57,7 @@ def test_expanded_size_counts_every_alias_once_per_use():
 
 
 def test_a_list_that_holds_itself_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="into themselves"):
+    with pytest.raises(ConfigError, match="an alias holds itself"):
         load_config(write(tmp_path, HEAD + "judge: &j {type: rules, checks: [*j]}\n"))
 
 
@@ -131,7 +131,7 @@ def test_a_key_pasted_as_a_field_name_is_not_echoed():
         ("=1", r"expected KEY=VALUE"),
         ("name.first=1", r"name is a value, not a section"),
         ("judge.x={a: 1, a: 2}", r"--set judge.x: duplicate key 'a'"),
-        ("judge.x=&a [*a]", r"--set judge.x: its aliases"),
+        ("judge.x=&a [*a]", r"--set judge.x: it holds more than 100,000 values once its aliases"),
     ],
 )
 def test_bad_overrides_name_the_key(item, message):
