@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from alignloop.loop.config import ConfigError, RunConfig
+from alignloop.loop.config import ConfigError, RunConfig, redact
 from alignloop.loop.store import RunStore, atomic_write_text
 from alignloop.records import Judgment, Prompt, Sample
 
@@ -114,7 +114,8 @@ class WandbTracker:
             resume="allow",
             mode=opts.mode,
             dir=str(log_dir),
-            config=cfg.model_dump(mode="json", exclude={"judge"}),
+            # Masked as config.yaml is: a round's eval judge, or a key pasted into any field, is in here too.
+            config=redact(cfg.model_dump(mode="json", exclude={"judge"})),
         )
 
     def log(self, step: int, values: dict[str, float], rows: list[list]) -> None:
