@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from alignloop.loop.config import ConfigError, RunConfig, redact
-from alignloop.loop.store import RunStore, atomic_write_text
+from alignloop.loop.store import RunStore, atomic_write_text, make_dirs
 from alignloop.records import Judgment, Prompt, Sample
 
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
@@ -183,7 +183,7 @@ class Tracking:
         self.path = store.root / "tracking.json"
         self.sent: dict[str, int] = json.loads(self.path.read_text()) if self.path.exists() else {}
         log_dir = Path(cfg.tracking.dir) if cfg.tracking.dir else store.root / "tracking"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(log_dir)  # 0700 unless shared_files: the backends' files hold sample responses
         self.trackers: dict[str, Tracker] = {
             name: BACKENDS[name](cfg, log_dir, cfg.name, base + self.sent.get(name, 0))
             for name in cfg.tracking.backends

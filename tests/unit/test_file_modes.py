@@ -109,3 +109,11 @@ def test_a_judge_run_through_the_cache_leaves_it_owner_only(tmp_path, umask_022)
         prompts, samples = prompts_and_samples(["good answer"])
         (j,) = asyncio.run(OpenAIJudge(cfg).judge(prompts, samples))
     assert j.verdict == "positive" and mode(tmp_path / "c" / "j.sqlite") == 0o600
+
+
+def test_the_tracking_directory_is_made_owner_only(tmp_path, umask_022):
+    from alignloop.loop.tracking import Tracking
+
+    cfg = run_config(tmp_path / "run", tracking={"backends": [], "dir": str(tmp_path / "logs" / "tb")})
+    Tracking(cfg, RunStore(tmp_path / "run"))
+    assert mode(tmp_path / "logs" / "tb") == mode(tmp_path / "logs") == 0o700
