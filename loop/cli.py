@@ -97,7 +97,9 @@ def command(argv: list[str] | None) -> int:
         if args.command == "train":
             return train_offline(cfg, args.data, args.out)
         if args.command == "round":
-            return run_round(cfg, args.round_id or time.strftime("%Y-%m-%d", time.gmtime()), args.json)
+            # `--round ""` is a bad id, refused by the series, not today's date
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            return run_round(cfg, today if args.round_id is None else args.round_id, args.json)
         if args.resume and args.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         if args.dry_run:
