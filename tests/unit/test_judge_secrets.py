@@ -186,3 +186,24 @@ def test_a_long_error_body_is_cut_short():
         cfg = config(srv.url, api_key_env=None, response_format="text")
         (j,) = asyncio.run(OpenAIJudge(cfg).judge(prompts, samples))
     assert j.error.startswith("BadRequestError (HTTP 400)") and len(j.error) <= 400
+
+
+def test_the_cache_key_holds_no_credentials_and_is_unchanged_for_a_plain_url():
+    """A new password keeps the cached judgments; a URL without credentials hashes as before."""
+    messages = [{"role": "user", "content": "q"}]
+    plain = OpenAIJudge(config("http://judge.example:8000/v1", api_key_env=None))
+    old = OpenAIJudge(config("http://ann:old-password-1@judge.example:8000/v1"))
+    new = OpenAIJudge(config("http://ann:new-password-2@judge.example:8000/v1"))
+    assert plain.identity(messages)["base_url"] == "http://judge.example:8000/v1"
+    assert plain.identity(messages) == old.identity(messages) == new.identity(messages)
+
+
+def test_error_text_is_masked_before_it_is_cut(monkeypatch):
+    """A key straddling the cut must not leave its first half behind."""
+    from alignloop.judges.openai_judge import ERROR_CHARS, safe_text
+    from alignloop.records.secrets import env_secret
+
+    monkeypatch.setenv("STRADDLE_KEY", "QwErTy-0987-straddling")
+    key = env_secret("STRADDLE_KEY")
+    text = safe_text("x" * (ERROR_CHARS - 8) + key + " and a reply of any length" * 1000)
+    assert "QwErTy" not in text and len(text) <= ERROR_CHARS + 3
