@@ -17,13 +17,17 @@ torch.multiprocessing instead.
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import socket
+import tempfile
 import time
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load as load_safetensors
 
+from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.learner import Learner
 
 # How long a rank waits for the others at the rendezvous or in one collective before it gives
@@ -58,6 +62,8 @@ class RankGroup:
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
         self.allreduce_s = 0.0
+        # The base is sharded with FSDP2 (policies/sharding.py), which sums the gradients itself.
+        self.sharded = False
 
     @classmethod
     def join(cls, rank: int, world: int, address: str, backend: str) -> RankGroup:
@@ -83,7 +89,9 @@ class RankGroup:
 
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of `params` over the ranks, in one flat all-reduce (a rank that had
-        no rows in this step contributes zeros)."""
+        no rows in this step contributes zeros). Sharded, FSDP has reduce-scattered them already."""
+        if self.sharded:
+            return
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -141,7 +149,56 @@ class RankLearner(Learner):
     def join(self, address: str) -> int:
         self.group = RankGroup.join(self.rank, self.world, address, backend_for(self.device))
         self.group.same_params(self.params)
+        if self.cfg.shard_base:
+            from alignloop.policies import sharding
+
+            sharding.shard(self.model)
+            # FSDP replaced the parameters with sharded ones: the optimizer takes those
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self.group.sharded = True
         return self.rank
+
+    @property
+    def sharded(self) -> bool:
+        return self.group is not None and self.group.sharded
+
+    # sharded, what leaves the group is gathered: every rank takes part, rank 0 answers ------
+    def export(self) -> AdapterPayload:
+        if not self.sharded:
+            return super().export()
+        from alignloop.policies import sharding
+
+        weights = sharding.full_trainable_state(self.model)
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.rank == 0:
+                self.model.save_pretrained(tmp, state_dict=weights)
+                return AdapterPayload.from_dir(tmp, self.version)
+        return None  # type: ignore[return-value]  # only rank 0's is used
+
+    def state_bytes(self) -> bytes:
+        if not self.sharded:
+            return super().state_bytes()
+        from alignloop.policies import sharding
+
+        optimizer = sharding.full_optimizer_state(self.model, self.optimizer)
+        buf = io.BytesIO()
+        torch.save({"optimizer": optimizer, "version": self.version}, buf)
+        return buf.getvalue() if self.rank == 0 else b""
+
+    def restore(self, payload: AdapterPayload, state: bytes | None, version: int | None = None) -> None:
+        if not self.sharded:
+            return super().restore(payload, state, version)
+        from alignloop.policies import sharding
+
+        payload.verify()
+        names = {n.replace(".default.", "."): n for n in sharding.trainable_names(self.model)}  # PEFT's keys
+        weights = load_safetensors(payload.weights)
+        sharding.load_trainable_state(self.model, {names[k]: v.to(self.device) for k, v in weights.items()})
+        saved = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True) if state else None
+        if saved is not None:
+            sharding.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
+        self.version = version if version is not None else saved["version"] if saved else payload.version
 
     def allreduce_seconds(self) -> float:
         return self.group.allreduce_s if self.group else 0.0

@@ -186,6 +186,8 @@ class Learner:
         totals = group.sum(counts, self.device)  # what each whole micro-batch averages over
         metrics: dict[str, float] = {}
         for chunk, part, count, whole in zip(chunks, parts, counts, totals):
+            if group.sharded and not part:  # every rank must run every forward: a stand-in row, weighted 0
+                part = chunk[:unit]
             if not part or not whole:
                 continue
             weight = count / whole * len(chunk) / len(rows)
@@ -198,7 +200,8 @@ class Learner:
         metrics = group.sum_metrics(metrics)
         optimizer = {}
         if self.cfg.max_grad_norm:
-            optimizer["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm).item()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            optimizer["grad_norm"] = getattr(norm, "full_tensor", lambda: norm)().item()  # sharded: a DTensor
         self.optimizer.step()
         optimizer["lr"] = self.optimizer.param_groups[0]["lr"]
         return merge_metrics(metrics, optimizer)

@@ -178,6 +178,17 @@ class LearnerConfig(Strict):
     placement: Literal["pack", "spread"] = Field(
         "pack", description="Where the ranks go (ranks > 1): packed onto as few nodes as fit, or spread over the nodes."
     )
+    shard_base: bool = Field(
+        False,
+        description="ranks > 1: shard the frozen base, the LoRA weights and their optimizer state over the ranks "
+        "with FSDP2 (fully_shard), for a base too large for one device; false: every rank holds the whole model.",
+    )
+
+    @model_validator(mode="after")
+    def _shards_need_ranks(self) -> LearnerConfig:
+        if self.shard_base and self.ranks < 2:
+            raise ValueError("shard_base shards the model over the learner's ranks: set learner.ranks to 2 or more")
+        return self
 
     @model_validator(mode="after")
     def _micro_divides(self) -> LearnerConfig:
@@ -324,6 +335,15 @@ class RunConfig(Strict):
             raise ValueError(
                 f"learner.objective {self.learner.objective.type!r} compares the samples of each prompt and "
                 f"learns nothing from sampler.samples_per_prompt {k}; set it to at least {need}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _people_judge_in_order(self) -> RunConfig:
+        if self.judge.type == "human" and self.asynchronous.max_staleness:
+            raise ValueError(
+                "judge.type human stops the run until people have judged an iteration, which sampling ahead "
+                "cannot wait for; set asynchronous.max_staleness: 0"
             )
         return self
 

@@ -62,6 +62,8 @@ class LearnerGroup:
         from alignloop.policies.distributed import RankLearner
 
         n = cfg.learner.ranks
+        # FSDP2-sharded ranks gather the adapter and the optimizer state together (a collective)
+        self.sharded = cfg.learner.shard_base
         self.placement_group = place_ranks(cfg.learner)
         # Two threads per rank: one trains, the other answers progress() while it does.
         cls: Any = ray.remote(RankLearner)  # an actor class
@@ -136,14 +138,19 @@ class LearnerGroup:
                 break  # rank 0 died: _all names it
         return self._all("learn", refs)[0]
 
-    def export(self) -> Exported:
+    def _from_rank0(self, method: str) -> list:
+        """Rank 0's call to `method`, or, sharded, every rank's (rank 0's first)."""
         self._joined()
-        ref = self.handles[0].export.remote()
+        refs = [getattr(h, method).remote() for h in (self.handles if self.sharded else self.handles[:1])]
+        self._all(method, refs)
+        return refs
+
+    def export(self) -> Exported:
+        ref = self._from_rank0("export")[0]
         return Exported(ref, self._get("export", ref, 0))
 
     def state_bytes(self) -> bytes:
-        self._joined()
-        return self._get("state_bytes", self.handles[0].state_bytes.remote(), 0)
+        return self._get("state_bytes", self._from_rank0("state_bytes")[0], 0)
 
     def restore(self, payload: AdapterPayload, state: bytes | None, version: int | None = None) -> None:
         self._joined()

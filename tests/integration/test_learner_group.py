@@ -43,7 +43,7 @@ OBJECTIVES = {
 LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-5
 
 
-def config(model_path: str, objective: dict):
+def config(model_path: str, objective: dict, **learner):
     return validate_config(
         {
             "name": "t",
@@ -60,6 +60,7 @@ def config(model_path: str, objective: dict):
                 "micro_batch_size": 4,
                 "threads": 1,
                 "objective": objective,
+                **learner,
             },
         }
     )
@@ -85,8 +86,9 @@ def rows(tokenizer, version: int) -> list[Example]:
     return out
 
 
-def train(learner, iterations: int = 2) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Loss of every optimizer step over `iterations`, and the adapter's weights."""
+def train(learner, iterations: range = range(2)) -> tuple[list[float], dict[str, torch.Tensor] | None]:
+    """Loss of every optimizer step over `iterations`, and the adapter's weights (None on a
+    sharded rank other than 0, which takes part in gathering them)."""
     losses: list[float] = []
     step = learner._step
 
@@ -96,50 +98,92 @@ def train(learner, iterations: int = 2) -> tuple[list[float], dict[str, torch.Te
         return metrics
 
     learner._step = logged
-    for it in range(iterations):
+    for it in iterations:
         learner.learn(rows(learner.tokenizer, learner.version), it)
-    return losses, load_safetensors(learner.export().weights)
+    payload = learner.export()
+    return losses, load_safetensors(payload.weights) if payload is not None else None
 
 
-def rank_main(rank: int, world: int, address: str, model_path: str, objective: dict, out: str) -> None:
+def rank_main(
+    rank: int, world: int, address: str, model_path: str, objective: dict, out: str, options: dict, start: str | None
+) -> None:
+    """One rank: trains iterations 0 and 1, or, given a checkpoint `start` (a single learner's
+    adapter and optimizer state after iteration 0), restores it and trains iteration 1."""
     from alignloop.policies.distributed import RankLearner
 
-    cfg = config(model_path, objective)
+    cfg = config(model_path, objective, **options)
     learner = RankLearner(cfg.model, cfg.learner, 1.0, 0, rank=rank, world=world)
     learner.join(address)
-    losses, weights = train(learner)
+    if start is not None:
+        checkpoint = torch.load(start, weights_only=False)
+        learner.restore(checkpoint["payload"], checkpoint["state"])
+    losses, weights = train(learner, range(1 if start else 0, 2))
+    state = learner.state_bytes()  # sharded: gathered from every rank
     if rank == 0:
-        torch.save({"losses": losses, "weights": weights, "state": learner.state_bytes()}, out)
+        torch.save({"losses": losses, "weights": weights, "state": state}, out)
     learner.leave()
 
 
-def run_ranks(world: int, model_path: str, objective: dict, out: str) -> dict:
+def run_ranks(world: int, model_path: str, objective: dict, out: str, start: str | None = None, **options) -> dict:
     from alignloop.policies.distributed import free_port
 
-    mp.spawn(rank_main, args=(world, f"127.0.0.1:{free_port()}", model_path, objective, out), nprocs=world)
+    address = f"127.0.0.1:{free_port()}"
+    options = {"ranks": world, **options}
+    mp.spawn(rank_main, args=(world, address, model_path, objective, out, options, start), nprocs=world)
     return torch.load(out, weights_only=True)
 
 
-@pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_two_ranks_train_the_adapter_one_learner_trains(name, tiny_model, tmp_path):
+CASES = [(name, False) for name in OBJECTIVES] + [(name, True) for name in ("sft", "cut", "grpo-token")]
+
+
+@pytest.mark.parametrize("name, shard_base", CASES, ids=[f"{n}{'-fsdp2' if s else ''}" for n, s in CASES])
+def test_two_ranks_train_the_adapter_one_learner_trains(name, shard_base, tiny_model, tmp_path):
+    """shard_base: the base, the adapter and its optimizer state sharded by FSDP2 over gloo."""
     from alignloop.policies.learner import Learner
 
     cfg = config(str(tiny_model), OBJECTIVES[name])
     torch.set_num_threads(1)
-    one_losses, one_weights = train(Learner(cfg.model, cfg.learner, 1.0, 0))
-    two = run_ranks(2, str(tiny_model), OBJECTIVES[name], str(tmp_path / "two.pt"))
+    one = Learner(cfg.model, cfg.learner, 1.0, 0)
+    one_losses, one_weights = train(one)
+    assert one_weights is not None
+    two = run_ranks(2, str(tiny_model), OBJECTIVES[name], str(tmp_path / "two.pt"), shard_base=shard_base)
     assert len(two["losses"]) == len(one_losses) >= 6  # 3 epochs of at least one step, 2 iterations
     assert two["losses"] == pytest.approx(one_losses, abs=LOSS_TOL)
     assert sorted(two["weights"]) == sorted(one_weights)
-    moved = max((w - load_safetensors_initial(name, cfg)[k]).abs().max().item() for k, w in one_weights.items())
+    initial = load_safetensors_initial(cfg)
+    moved = max((w - initial[k]).abs().max().item() for k, w in one_weights.items())
     assert moved > 100 * WEIGHT_TOL, "training moved the adapter well beyond the tolerance"
     for key, w in one_weights.items():
         assert torch.allclose(two["weights"][key], w, atol=WEIGHT_TOL, rtol=0), key
     saved = torch.load(io.BytesIO(two["state"]), weights_only=True)
-    assert saved["version"] == 2 and saved["optimizer"]["state"], "rank 0 saves the optimizer the ranks share"
+    assert saved["version"] == 2, "rank 0 saves the optimizer state the ranks share (sharded: gathered whole)"
+    mine = one.optimizer.state_dict()
+    assert saved["optimizer"]["state"].keys() == mine["state"].keys()
+    for i, state in mine["state"].items():  # numbered alike, the same moments
+        assert torch.allclose(saved["optimizer"]["state"][i]["exp_avg"], state["exp_avg"], atol=WEIGHT_TOL, rtol=0)
 
 
-def load_safetensors_initial(name: str, cfg) -> dict[str, torch.Tensor]:
+def test_sharded_ranks_resume_from_a_single_learners_checkpoint(tiny_model, tmp_path):
+    """A checkpoint is the single learner's format whoever wrote it: two FSDP2 ranks restore
+    one learner's adapter and optimizer state after iteration 0 and train iteration 1 as it does."""
+    from alignloop.policies.learner import Learner
+
+    cfg = config(str(tiny_model), OBJECTIVES["sft"])
+    torch.set_num_threads(1)
+    one = Learner(cfg.model, cfg.learner, 1.0, 0)
+    train(one, range(1))
+    torch.save({"payload": one.export(), "state": one.state_bytes()}, tmp_path / "start.pt")
+    one_losses, one_weights = train(one, range(1, 2))
+    assert one_weights is not None
+    two = run_ranks(
+        2, str(tiny_model), OBJECTIVES["sft"], str(tmp_path / "two.pt"), str(tmp_path / "start.pt"), shard_base=True
+    )
+    assert two["losses"] == pytest.approx(one_losses, abs=LOSS_TOL)
+    for key, w in one_weights.items():
+        assert torch.allclose(two["weights"][key], w, atol=WEIGHT_TOL, rtol=0), key
+
+
+def load_safetensors_initial(cfg) -> dict[str, torch.Tensor]:
     """The adapter before training (the seed's LoRA initialisation)."""
     from alignloop.policies.learner import Learner
 
@@ -217,3 +261,19 @@ def test_one_rank_on_each_node_of_a_two_node_cluster(tiny_model, tmp_path, clust
     (placement,) = [json.loads(line) for line in (tmp_path / "run" / "placement.jsonl").read_text().splitlines()]
     assert len(set(placement["learner"])) == 2, "the two ranks on two nodes"
     assert node_resources(placement, "learner") == {"node_a", "node_b"}
+
+
+def test_two_fsdp2_ranks_on_ray_train_as_two_whole_ranks(tmp_path, tiny_model):
+    """learner.shard_base through `alignloop run`: the first iteration (the same samples, from
+    the untrained adapter) trains to the same loss as unsharded ranks, and the run completes."""
+    import json
+
+    from tests.helpers import alignloop, finish, write_config
+
+    losses = {}
+    for name, shard in (("whole", False), ("sharded", True)):
+        settings = {**RAY_SETTINGS, "iterations": 2, "learner": {**RAY_SETTINGS["learner"], "shard_base": shard}}
+        finish(alignloop("run", str(write_config(tmp_path, tiny_model, name, **settings))))
+        losses[name] = json.loads((tmp_path / name / "iter-0001" / "metrics.json").read_text())["loss"]
+        assert json.loads((tmp_path / name / "state.json").read_text())["adapter_version"] == 2
+    assert losses["sharded"] == pytest.approx(losses["whole"], abs=LOSS_TOL)

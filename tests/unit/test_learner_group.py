@@ -12,6 +12,7 @@ from alignloop.policies.objectives.grpo import GRPO
 from alignloop.policies.objectives.options import GRPOOptions, PPOOptions, SFTOptions
 from alignloop.policies.objectives.ppo import PPO
 from alignloop.policies.objectives.sft import FilteredSFT
+from alignloop.records.errors import ConfigError
 
 
 def test_balance_splits_every_index_once_and_evens_the_cost():
@@ -55,6 +56,9 @@ def test_one_rank_is_the_default_and_ranks_place_packed_unless_asked():
     assert (cfg.learner.ranks, cfg.learner.placement) == (1, "pack")
     spread = validate_config({**base, "learner": {"ranks": 2, "placement": "spread"}})
     assert (spread.learner.ranks, spread.learner.placement) == (2, "spread")
+    with pytest.raises(ConfigError, match="set learner.ranks to 2 or more"):
+        validate_config({**base, "learner": {"shard_base": True}})
+    assert validate_config({**base, "learner": {"ranks": 2, "shard_base": True}}).learner.shard_base
 
 
 def test_the_learner_group_satisfies_the_learner_role():
