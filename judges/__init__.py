@@ -6,6 +6,7 @@
     critique_model  judges/critique_model.py  a local chat model that writes the judgment
     composite       judges/composite.py       several judges: a gate chain, or all combined
     python          judges/plugins.py         your own class, by import path or entry point
+    human           judges/human.py           people, on the review page (`alignloop review`)
 
 Every module here imports only pydantic at the top; torch, transformers and openai are
 imported when a judge is built, so loading a config stays fast.
@@ -21,6 +22,7 @@ from pydantic import Field
 from alignloop.judges.base import Judge
 from alignloop.judges.composite import CompositeJudge, CompositeJudgeConfig
 from alignloop.judges.critique_model import CritiqueModelJudge, CritiqueModelJudgeConfig
+from alignloop.judges.human import HumanJudge, HumanJudgeConfig
 from alignloop.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from alignloop.judges.plugins import PythonJudgeConfig, build_plugin
 from alignloop.judges.reward_model import RewardModelJudge, RewardModelJudgeConfig
@@ -35,6 +37,7 @@ JUDGES: dict[str, tuple[type, Callable]] = {
     "critique_model": (CritiqueModelJudgeConfig, CritiqueModelJudge),
     "composite": (CompositeJudgeConfig, CompositeJudge),
     "python": (PythonJudgeConfig, build_plugin),
+    "human": (HumanJudgeConfig, HumanJudge),
 }
 
 JudgeConfig = Annotated[
@@ -43,11 +46,13 @@ JudgeConfig = Annotated[
     | RewardModelJudgeConfig
     | CritiqueModelJudgeConfig
     | CompositeJudgeConfig
-    | PythonJudgeConfig,
+    | PythonJudgeConfig
+    | HumanJudgeConfig,
     Field(discriminator="type"),
 ]
 # A composite holds judges of any type, itself included.
 CompositeJudgeConfig.model_rebuild(_types_namespace={"JudgeConfig": JudgeConfig})
+HumanJudgeConfig.model_rebuild(_types_namespace={"JudgeConfig": JudgeConfig})
 
 
 def preflight_judges(config) -> None:
@@ -58,6 +63,8 @@ def preflight_judges(config) -> None:
         check()
     for part in getattr(config, "judges", None) or ():
         preflight_judges(part)
+    if getattr(config, "other", None) is not None:  # a human judge's other judge
+        preflight_judges(config.other)
 
 
 def build_judge(config) -> Judge:

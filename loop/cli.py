@@ -121,6 +121,7 @@ def command(argv: list[str] | None) -> int:
 
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
+    from alignloop.judges.human import WaitingForJudgments
     from alignloop.loop.data import DataError
     from alignloop.loop.lock import Locked
     from alignloop.loop.roles.protocols import ActorLost
@@ -141,6 +142,9 @@ def guarded(work) -> int:
     except ActorLost as e:  # killed, out of memory, or its node removed; nothing finished is lost
         complain(f"stopped: {e}")
         return Exit.ACTOR_LOST
+    except WaitingForJudgments as e:  # on purpose: people judge, then the same command goes on
+        complain(f"waiting: {e}")
+        return Exit.WAITING
     return Exit.OK
 
 

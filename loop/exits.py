@@ -15,3 +15,4 @@ class Exit(IntEnum):
     NO_NEW_PROMPTS = 5  # a round with no prompt its series has not seen
     LOCKED = 6  # another alignloop process holds the run or series directory
     ACTOR_LOST = 7  # an actor died (killed, out of memory, its node gone): stopped, resumable
+    WAITING = 8  # judge.type human: samples wait for people's judgments (alignloop review); rerun to go on

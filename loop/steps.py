@@ -137,6 +137,8 @@ class Steps:
         """Judge, save the judgments, and only then check the error budget: a run stopped
         here has not finished the step, so --resume comes back to it, keeps the successful
         judgments of the saved attempt and judges again only the failed ones."""
+        if self.cfg.judge.type == "human":
+            return self.judge_by_people(i, prompts, samples, metrics)
         previous = self.store.load_judgments(i) if retry_failed else None
         judgments, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples, previous)
         # Every request counts, the stopped attempt's too: its usage was saved with the state.
@@ -145,6 +147,27 @@ class Steps:
                 extra[k] = extra.get(k, 0) + v
         fresh = merge_metrics(extra, judgment_metrics(judgments))
         # A stopped attempt's judge metrics are replaced by this one's (its spending is in them).
+        metrics = merge_metrics({k: v for k, v in metrics.items() if k not in fresh}, fresh)
+        return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
+
+    def judge_by_people(self, i: int, prompts: list[Prompt], samples: list[Sample], metrics: Metrics) -> Judged:
+        """judge.type human (judges/human.py): the first time, the judge workers run the other
+        judge over every sample and the review queue is written; then (and on every rerun) what
+        people have judged is collected. WaitingForJudgments stops the run with the step
+        unfinished and its metrics kept, so the rerun comes back here and judges nothing twice."""
+        from alignloop.judges.human import ReviewQueue, WaitingForJudgments
+
+        queue = ReviewQueue(self.store.iter_dir(i))
+        if not queue.exists():
+            other, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples)
+            queue.write(self.cfg.judge, samples, other)
+            metrics = merge_metrics({k: v for k, v in metrics.items() if k not in extra}, extra)
+        try:
+            judgments, review = queue.collect(self.cfg.judge, samples)
+        except WaitingForJudgments:
+            self.save(i, "sample", metrics)  # the step is not finished; what the other judge spent is kept
+            raise
+        fresh = merge_metrics(review, judgment_metrics(judgments))
         metrics = merge_metrics({k: v for k, v in metrics.items() if k not in fresh}, fresh)
         return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
 
@@ -162,7 +185,8 @@ class Steps:
     def sampled_and_judged(self, i: int, first: Step, metrics: Metrics) -> Judged:
         """Iteration i from step `first` on; the steps before it are read back from the run
         directory, with `metrics`, what they recorded."""
-        if first == "sample" and self.cfg.judging.streaming:
+        # People judge after sampling is over: their queue is written once, whole.
+        if first == "sample" and self.cfg.judging.streaming and self.cfg.judge.type != "human":
             return self.sample_and_judge(i)
         if first == "sample":
             prompts, samples, metrics = self.sample(i)

@@ -338,6 +338,15 @@ class RunConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _people_judge_in_order(self) -> RunConfig:
+        if self.judge.type == "human" and self.asynchronous.max_staleness:
+            raise ValueError(
+                "judge.type human stops the run until people have judged an iteration, which sampling ahead "
+                "cannot wait for; set asynchronous.max_staleness: 0"
+            )
+        return self
+
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or Path("runs") / self.name)
