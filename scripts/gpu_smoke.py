@@ -6,6 +6,7 @@ tokens agree with the learner's.
     .venv/bin/python scripts/gpu_smoke.py                       # CUDA, bf16, 1 rank (N ranks over NCCL with N GPUs)
     .venv/bin/python scripts/gpu_smoke.py --ranks 2             # 2 learner ranks (needs 2 GPUs on CUDA)
     .venv/bin/python scripts/gpu_smoke.py --device cpu          # the same on CPU (float32, gloo for --ranks > 1)
+    .venv/bin/python scripts/gpu_smoke.py --ranks 2 --shard-base  # the base sharded over the ranks (FSDP2)
     .venv/bin/python scripts/gpu_smoke.py --model smollm2-135m-instruct   # the embedded model instead of a tiny random one
 
 With several ranks, rank 0 drives the sampler and hands each iteration's rows to the others;
@@ -45,6 +46,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="model path or embedded name (default: a tiny random model)")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--shard-base", action="store_true", help="shard the base over the ranks with FSDP2 (--ranks >= 2)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU is visible: run with --device cpu, or on a GPU machine")
@@ -52,6 +54,8 @@ def parse() -> argparse.Namespace:
         args.ranks = max(1, torch.cuda.device_count()) if args.device == "cuda" else 1
     if args.device == "cuda" and args.ranks > torch.cuda.device_count():
         sys.exit(f"--ranks {args.ranks} needs {args.ranks} GPUs; {torch.cuda.device_count()} visible")
+    if args.shard_base and args.ranks < 2:
+        sys.exit("--shard-base shards over the learner's ranks: give --ranks 2 or more")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     return args
 
@@ -81,6 +85,7 @@ def config(args, model_path: str):
                 "num_gpus": gpu,
                 "threads": threads,
                 "ranks": args.ranks,
+                "shard_base": args.shard_base,
             },
         }
     )
@@ -137,10 +142,15 @@ def run_rank(rank: int, world: int, address: str, args, model_path: str) -> None
     if lead:
         print(
             f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}), "
-            f"dtype {args.dtype}, {world} learner rank(s), model {model_path}; loaded in {time.perf_counter() - t0:.1f} s"
+            f"dtype {args.dtype}, {world} learner rank(s){' (FSDP2-sharded)' if args.shard_base else ''}, "
+            f"model {model_path}; loaded in {time.perf_counter() - t0:.1f} s"
         )
-        assert samplers is not None
-        samplers.publish(learner.export())  # v0: the untrained adapter
+    # Sharded ranks gather the adapter, and run every forward, together: all of them take part.
+    together = lead or args.shard_base
+    v0 = learner.export() if together else None  # the untrained adapter
+    if lead:
+        assert samplers is not None and v0 is not None
+        samplers.publish(v0)
     for it in range(1, 3):
         timings: dict[str, float] = {}
         rows: list = [None]
@@ -151,19 +161,20 @@ def run_rank(rank: int, world: int, address: str, args, model_path: str) -> None
             sync()
             timings["sample"] = time.perf_counter() - t
             rows = [scored(prompts, samples)]
-            mean_gap, max_gap = agreement(learner_obj, rows[0])
         if world > 1:
             dist.broadcast_object_list(rows, src=0)
+        if together:
+            mean_gap, max_gap = agreement(learner_obj, rows[0])
         t = time.perf_counter()
         metrics = learner.learn(rows[0], it)
         sync()
         timings["learn"] = time.perf_counter() - t
+        t = time.perf_counter()
+        exported = learner.export() if together else None
+        timings["export"] = time.perf_counter() - t
         if not lead:
             continue
-        assert samplers is not None
-        t = time.perf_counter()
-        exported = learner.export()
-        timings["export"] = time.perf_counter() - t
+        assert samplers is not None and exported is not None
         timings["publish"] = samplers.publish(exported)
         served = samplers.handles[0].serving.remote().result()
         assert served == (exported.payload.version, exported.payload.checksum), served
