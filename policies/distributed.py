@@ -4,10 +4,12 @@ CPU, NCCL on CUDA).
 Every rank holds the whole model and the same adapter, selects and plans the same rows (the
 plan depends on the seed alone), and trains on its share of each micro-batch; the LoRA
 gradients, which are small, are summed across the ranks before every rank takes the same
-optimizer step, so the ranks never drift apart and rank 0 alone exports and saves. Each
-part's loss is weighted by its share of what the objective averages over in the whole
-micro-batch (rows or tokens, counted across the ranks by an all-reduce), so N ranks compute
-the single learner's loss and gradient up to the order of floating-point sums.
+optimizer step, so the ranks never drift apart and rank 0 alone exports and saves (with
+learner.shard_base the model is sharded instead, policies/sharding.py, and every rank takes
+part in gathering what rank 0 exports and saves). Each part's loss is weighted by its share
+of what the objective averages over in the whole micro-batch (rows or tokens, counted across
+the ranks by an all-reduce), so N ranks compute the single learner's loss and gradient up to
+the order of floating-point sums.
 
 This module knows nothing of Ray: loop/roles/learner_group.py places the ranks as actors and
 passes rank 0's address to the others; a test or script can start them with
