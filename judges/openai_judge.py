@@ -3,11 +3,14 @@ server, llama.cpp's server, Ollama.
 
 Per sample: render the shared judge prompt, look the request up in the on-disk cache, else
 call the endpoint (at most `concurrency` calls at once in this judge), retrying 408/409/429,
-5xx, timeouts, dropped connections, replies over `max_reply_bytes` and requests past
-`deadline_s` with exponential backoff, jitter and the server's Retry-After; then parse the
-reply. A call that still fails, or a reply that cannot be read, becomes a Judgment with
-`error` set and no verdict or score; that text is masked (records.secrets) and cut short,
-since a server may echo the request's Authorization header in it.
+5xx, timeouts, dropped connections, replies over `max_reply_bytes`, requests past
+`deadline_s` and HTTP 200 replies with nothing in them (an empty or whitespace body, no
+choices, a null or empty message) with exponential backoff, jitter and the server's
+Retry-After; then parse the reply. Transport faults are not verdicts: only a reply the judge
+model wrote and that cannot be read is an unparseable judgment. A call that still fails, or
+a reply that cannot be read, becomes a Judgment with `error` set and no verdict or score;
+that text is masked (records.secrets) and cut short, since a server may echo the request's
+Authorization header in it.
 
 Credentials in `base_url` (`https://user:password@host:port/v1`, or a token-only
 `https://TOKEN@host/v1`) are taken out of the URL the client uses and sent as headers: a lone
@@ -262,6 +265,9 @@ class Usage:
     retries: int = 0
     cache_hits: int = 0
     unparseable_retries: int = 0
+    transport_faults: int = 0  # attempts that failed on the way (HTTP errors, timeouts, drops, empty 200s)
+    empty_replies: int = 0  # of those, HTTP 200 replies with nothing the judge model wrote in them
+    unparseable_replies: int = 0  # replies the judge model wrote that could not be read, final or asked again
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -274,6 +280,12 @@ class CallFailed(Exception):
 class TransportFault(Exception):
     """A reply over max_reply_bytes or a request past its deadline: retried like a dropped
     connection, since a second attempt may well fare better."""
+
+
+class EmptyReply(TransportFault):
+    """An HTTP 200 holding nothing the judge model wrote (no choices, a null, empty or
+    whitespace message): the server's fault, retried like a 5xx at any temperature. Read as a
+    judgment it would be an unparseable one, and at temperature 0 never asked again."""
 
 
 class OpenAIJudge:
@@ -347,6 +359,7 @@ class OpenAIJudge:
             try:
                 return parse_judgment(await self.call(messages), self.config.prompt.score_range)
             except Unparseable as e:
+                self.counts.unparseable_replies += 1
                 if attempt == tries - 1 or isinstance(e, Truncated):
                     raise
                 self.counts.unparseable_retries += 1
@@ -379,16 +392,20 @@ class OpenAIJudge:
             self.counts.requests += 1
             try:
                 response = await self.attempt(messages)
+                # Billed even when the message is empty, so counted before it is read.
+                self.account(getattr(response, "usage", None))
+                return reply_text(response, self.config.max_tokens)
+            except Unparseable:
+                raise  # the judge model wrote it: a judgment that cannot be read, not a fault
             except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
                 if not retryable(e):
                     raise CallFailed(describe(e, self.config)) from None
+                self.counts.transport_faults += 1
+                self.counts.empty_replies += is_empty_reply(e)
                 if attempt == attempts - 1:
                     raise CallFailed(f"{describe(e, self.config)} (gave up after {attempts} attempts)") from None
                 self.counts.retries += 1
                 await asyncio.sleep(self.backoff(attempt, retry_after(e)))
-                continue
-            self.account(getattr(response, "usage", None))
-            return reply_text(response, self.config.max_tokens)
         raise AssertionError("unreachable")
 
     async def attempt(self, messages: list[dict]):
@@ -531,19 +548,31 @@ def too_large(cap: int, declared: int | None = None) -> str:
 
 
 def reply_text(response, max_tokens: int | None = None) -> str:
+    """The judge model's reply. EmptyReply when the server sent none (a transport fault);
+    Unparseable only for what the model wrote: a refusal, or a reply cut off at max_tokens."""
     choices = getattr(response, "choices", None)
     if not choices:
-        raise Unparseable("the response has no choices")
+        raise EmptyReply("the HTTP 200 reply has no choices")
     if getattr(choices[0], "finish_reason", None) == "length":
         # Said as what it is, not as "no JSON object": the fix is the user's setting.
         raise Truncated(
             f"the judge's reply was cut off at max_tokens ({max_tokens}) before it ended; raise judge.max_tokens"
         )
-    text = choices[0].message.content
-    if not text:
-        refusal = getattr(choices[0].message, "refusal", None)
-        raise Unparseable(f"empty reply{f' (refusal: {refusal})' if refusal else ''}")
-    return text
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
+    if isinstance(text, str) and text.strip():
+        return text
+    if refusal := getattr(message, "refusal", None):
+        raise Unparseable(f"the judge model refused: {refusal}")
+    raise EmptyReply(f"the HTTP 200 reply's message is {'null' if text is None else 'empty'}")
+
+
+def is_empty_reply(e: Exception) -> bool:
+    """An HTTP 200 with nothing usable: no body at all (the client fails to decode it), or a
+    completion without a message."""
+    import json
+
+    return isinstance(e, EmptyReply) or (isinstance(e, json.JSONDecodeError) and not str(e.doc).strip())
 
 
 RETRYABLE_STATUS = {408, 409, 429}

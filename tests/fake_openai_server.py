@@ -7,6 +7,11 @@ Faults, per request:
     slow      answers only after `slow_s` (past the client's timeout)
     drop      closes the connection without answering
     badbody   HTTP 200 whose body is truncated, malformed JSON (a broken proxy)
+    empty     HTTP 200 with an empty body
+    blank     HTTP 200 whose body is only whitespace
+    nochoices HTTP 200, a completion with an empty `choices` list
+    nullmsg   HTTP 200, a choice whose message content is null
+    emptymsg  HTTP 200, a choice whose message content is "" or only whitespace
     badjson   HTTP 200 whose reply is malformed JSON
     prose     HTTP 200 whose reply is prose with no JSON in it
     fenced    HTTP 200, the JSON judgment inside a ```json fence (a success)
@@ -40,6 +45,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "slow", "drop", "badbody", "badjson", "prose")
+# HTTP 200 with nothing the judge model wrote in it: server faults, not judgments.
+EMPTY_200 = ("empty", "blank", "nochoices", "nullmsg", "emptymsg")
 _SCRIPT = re.compile(r"FAULTS=([\w,]+)")
 _RESPONSE = re.compile(r"<<<BEGIN RESPONSE (\w+)>>>\n(.*?)\n<<<END RESPONSE \1>>>", re.DOTALL)
 
@@ -218,11 +225,13 @@ def _handler(server: FakeOpenAIServer):
                 return self.send_json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
             if fault == "badbody":
                 return self.send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess')
+            if fault in ("empty", "blank"):
+                return self.send_raw(200, b"" if fault == "empty" else b" \n\t \n")
             if fault == "slow":
                 time.sleep(server.slow_s)
-            content = reply_content(fault, user, server.max_words)
+            content = {"nullmsg": None, "emptymsg": " \n "}.get(fault, reply_content(fault, user, server.max_words))
             prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
-            completion_tokens = len(content.split())
+            completion_tokens = len((content or "").split())
             with server.lock:
                 server.tokens[0] += prompt_tokens
                 server.tokens[1] += completion_tokens
@@ -233,7 +242,9 @@ def _handler(server: FakeOpenAIServer):
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "fake"),
-                    "choices": [
+                    "choices": []
+                    if fault == "nochoices"
+                    else [
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": content},

@@ -314,3 +314,89 @@ def test_an_unreadable_reply_is_asked_again_only_where_sampling_can_change_it(se
     assert warm.usage()["unparseable_retries"] == 1
     _, (j,) = run(OpenAIJudge(config(server, temperature=0.7)), ["bad FAULTS=prose,prose"])
     assert j.error.startswith("unparseable judge reply") and server.requests == 3 + 2
+
+
+# transport faults are not verdicts ------------------------------------------------------------
+
+
+def write_sampled(steps, i: int, prompts: list[Prompt], samples: list[Sample]) -> None:
+    """What the sample step leaves behind: its files, then state.json saying it finished."""
+    steps.store.save_samples(i, prompts, samples)
+    steps.save(i, "sample", {"n_samples": len(samples)})
+
+
+def judge_step(steps):
+    i, first = steps.state.next_step()
+    return steps.sampled_and_judged(i, first, steps.state.cursor.pending or {})
+
+
+def test_empty_200s_at_thirty_percent_are_retried_and_every_sample_is_judged(server, tmp_path):
+    """30% of requests answer HTTP 200 with nothing in it (every kind: no body, a blank body,
+    no choices, a null or blank message), at temperature 0. Each is a server fault retried
+    with back-off, never an unparseable judgment: every sample ends judged, the judge step
+    finishes under an error budget of 0, and the metrics count the faults by kind."""
+    from tests.fake_openai_server import EMPTY_200
+
+    server.fault_rate, server.faults = 0.3, EMPTY_200
+    # 9 attempts: a sample faulted 9 times in a row (0.3^9 ~ 2e-5) would fail the test, not the judge.
+    judge = config(server, max_retries=8, temperature=0.0).model_dump()
+    steps = make_steps(judge, tmp_path / "run", actors=2, chunk_size=7, in_flight=2, max_error_rate=0.0)
+    texts = [("good answer" if i % 3 else "weak answer") + f" number {i}" for i in range(60)]
+    prompts, samples = prompts_and_samples(texts)
+    write_sampled(steps, 1, prompts, samples)
+
+    judged = judge_step(steps)  # JudgeErrorRate here would be the run stopped
+
+    assert [j.error for j in judged.judgments] == [None] * 60
+    assert [j.verdict for j in judged.judgments] == ["positive" if "good" in t else "negative" for t in texts]
+    faults = [e.fault for e in server.log]
+    empty = sum(f in EMPTY_200 for f in faults)
+    assert set(faults) == {"ok", *EMPTY_200}, "every kind of empty reply was served"
+    assert 0.2 < empty / len(faults) < 0.4 and faults.count("ok") == 60
+    m = judged.metrics
+    assert m["n_judged"] == 60 and m["n_judge_errors"] == 0
+    assert m["judge_empty_replies"] == m["judge_transport_faults"] == m["judge_retries"] == empty
+    assert m["judge_requests"] == len(faults) and m["judge_unparseable_replies"] == 0
+    assert steps.store.load_state().step == "judge", "the judge step finished"
+
+
+@pytest.mark.parametrize("fault", ["empty", "blank", "nochoices", "nullmsg", "emptymsg"])
+def test_each_kind_of_empty_200_is_retried_at_temperature_zero(server, fault):
+    judge = OpenAIJudge(config(server, temperature=0.0))
+    _, (j,) = run(judge, [f"good FAULTS={fault},{fault}"])
+    assert (j.error, j.verdict) == (None, "positive")
+    assert list(server.attempts_by_key().values()) == [[fault, fault, "ok"]]
+    u = judge.usage()
+    assert (u["requests"], u["empty_replies"], u["transport_faults"], u["unparseable_replies"]) == (3, 2, 2, 0)
+
+
+def test_empty_200s_past_the_retries_say_so_and_are_not_unparseable(server):
+    judge = OpenAIJudge(config(server, max_retries=1))
+    _, (j,) = run(judge, ["good FAULTS=nullmsg,nochoices"])
+    assert j.verdict is None and not j.error.startswith("unparseable")
+    assert "EmptyReply" in j.error and "no choices" in j.error and "gave up after 2 attempts" in j.error
+
+
+def test_what_the_judge_model_wrote_is_counted_apart_from_transport_faults(server):
+    """A 500 then prose: one transport fault, then one unparseable reply the model wrote, final
+    at temperature 0 (asking again would repeat it)."""
+    judge = OpenAIJudge(config(server))
+    _, (j,) = run(judge, ["good FAULTS=500,prose"])
+    assert j.error.startswith("unparseable judge reply")
+    u = judge.usage()
+    assert (u["requests"], u["transport_faults"], u["empty_replies"], u["unparseable_replies"]) == (2, 1, 0, 1)
+
+
+def test_a_refusal_is_the_models_answer_not_a_fault():
+    from alignloop.judges.openai_judge import EmptyReply, reply_text
+
+    def reply(content, refusal=None):
+        message = SimpleNamespace(content=content, refusal=refusal)
+        return SimpleNamespace(choices=[SimpleNamespace(finish_reason="stop", message=message)])
+
+    with pytest.raises(Unparseable, match="refused: I cannot judge this") as e:
+        reply_text(reply(None, "I cannot judge this"))
+    assert not isinstance(e.value, EmptyReply)
+    for empty in (reply(None), reply(""), reply(" \n\t"), SimpleNamespace(choices=[]), "a bare string"):
+        with pytest.raises(EmptyReply):
+            reply_text(empty)
