@@ -82,8 +82,16 @@ def command(argv: list[str] | None) -> int:
     status = sub.add_parser("status", help="the metrics table of a run directory, or the rounds of a series")
     status.add_argument("run_dir")
 
+    review = sub.add_parser("review", help="the review page for people's judgments (judge.type human), or --import")
+    review.add_argument("run_dir", help="a run directory, or a series directory (every round's queues)")
+    review.add_argument("--port", type=int, default=0, help="the port on 127.0.0.1 (default: a free one)")
+    review.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="save the judgments of a file")
+    review.add_argument("--reviewer", help="--import: the reviewer of lines that name none")
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "review":
+            return review_command(args)
         if args.command == "status":  # a damaged run or series file is a ConfigError naming it
             return show_status(Path(args.run_dir))
         if args.command == "report":
@@ -145,6 +153,19 @@ def guarded(work) -> int:
     except WaitingForJudgments as e:  # on purpose: people judge, then the same command goes on
         complain(f"waiting: {e}")
         return Exit.WAITING
+    return Exit.OK
+
+
+def review_command(args) -> int:
+    """Serve the review page until Ctrl-C, or import a file of judgments (a bad line: exit 2)."""
+    from alignloop.loop.review import import_judgments, serve
+
+    if args.import_file is None:
+        serve(Path(args.run_dir), args.port)
+        return Exit.OK
+    saved, skipped = import_judgments(Path(args.run_dir), Path(args.import_file), args.reviewer)
+    print(f"imported {saved} judgment(s) from {args.import_file}" + (f"; {skipped} already saved" if skipped else ""))
+    print("rerun the run (--resume) or the round to collect them")
     return Exit.OK
 
 

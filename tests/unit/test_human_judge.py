@@ -326,3 +326,104 @@ def test_a_mixed_run_judges_the_rest_with_the_other_judge(tmp_path, tiny_model):
     assert set(judges) == {"human:alice", "rules"}
     other = (tmp_path / "mixed" / "iter-0001" / "review" / "other.jsonl").read_text().splitlines()
     assert len(other) == 12  # the rules judged every sample, so agreement can be measured
+
+
+# the review page's server and the import --------------------------------------------------------------
+@pytest.fixture
+def page(tmp_path):
+    from alignloop.loop.review import ReviewServer
+
+    d, samples = iteration(tmp_path)
+    ReviewQueue(d).write(human(), samples, machine(samples))
+    server = ReviewServer(tmp_path / "run")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def call(url, body=None, headers=None):
+    """(status, body) of a GET, or of a POST of `body` as JSON."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_page_answers_only_with_its_token_on_this_address(page):
+    base = page.url.split("?")[0]
+    assert page.url.startswith("http://127.0.0.1:") and page.server_address[0] == "127.0.0.1"
+    assert call(base)[0] == 403
+    assert call(base + "?token=wrong")[0] == 403
+    assert call(base + "api/items?token=" + page.token[:-1])[0] == 403
+    assert call(base + "api/judgments", {"queue": "iter-0001"})[0] == 403
+    assert call(page.url, headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+    status, html = call(page.url)
+    assert status == 200 and b"alignloop review" in html
+    assert call(base + "nothing?token=" + page.token)[0] == 404
+
+
+def test_the_page_saves_refuses_and_reports_conflicts(page):
+    base = page.url.split("?")[0]
+    api = base + "api/judgments?token=" + page.token
+    good = {"queue": "iter-0001", "sample_id": "s2", "reviewer": "ann", "verdict": "negative", "critique": "no"}
+    good["spans"] = [{"start": 0, "end": 5}]
+    status, body = call(api, good)
+    assert status == 200 and json.loads(body)["saved"]["rev"] == 1
+    status, body = call(api, {**good, "reviewer": "bob"})
+    assert status == 409 and json.loads(body)["current"]["reviewer"] == "ann"
+    assert call(api, {**good, "queue": "iter-0009"})[0] == 400
+    status, body = call(api, {**good, "spans": [{"start": 0, "end": 500}]})
+    assert status == 400 and "runs past the response" in json.loads(body)["error"]
+    status, body = call(base + "api/items?token=" + page.token)
+    listed = {it["sample_id"]: it for it in json.loads(body)["items"]}
+    assert listed["s2"]["saved"]["judgment"]["spans"] == [{"start": 0, "end": 5, "reason": ""}]
+    assert listed["s2"]["saved"]["judgment"]["judge"] == "human:ann" and listed["s0"]["saved"] is None
+    assert listed["s0"]["response"] == "hello there number 0" and listed["s0"]["messages"][0]["content"] == "say hi"
+
+
+def test_an_import_checks_every_line_before_saving_any(tmp_path, capsys):
+    from alignloop.loop.cli import main
+
+    d, samples = iteration(tmp_path)
+    ReviewQueue(d).write(human(), samples, machine(samples))
+    run = str(tmp_path / "run")
+    lines = [
+        {"sample_id": "s0", "reviewer": "ann", "verdict": "positive", "score": 1},
+        {"sample_id": "s1", "verdict": "negative", "critique": "too long", "spans": [{"start": 0, "end": 5}]},
+        {"sample_id": "s9", "reviewer": "ann", "verdict": "positive"},
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["review", run, "--import", str(bad), "--reviewer", "tool"]) == 2
+    assert f"{bad}:3: sample_id 's9' is not in the review queue" in capsys.readouterr().err
+    assert ReviewQueue(d).saved() == {}  # nothing from the file before its bad line
+    for text, message in [
+        ("{oops\n", ":1: Expecting property name"),
+        ("[1]\n", ":1: expected a JSON object"),
+        (json.dumps(lines[0]) + "\n" + json.dumps(lines[0]) + "\n", ":2: sample 's0' is judged twice"),
+        (json.dumps(lines[1]) + "\n", ":1: reviewer: Field required"),
+    ]:
+        bad.write_text(text)
+        assert main(["review", run, "--import", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(x) + "\n" for x in lines[:2]))
+    assert main(["review", run, "--import", str(good), "--reviewer", "tool"]) == 0
+    assert "imported 2 judgment(s)" in capsys.readouterr().out
+    saved = ReviewQueue(d).saved()
+    assert saved["s1"]["judgment"]["judge"] == "human:tool" and saved["s0"]["reviewer"] == "ann"
+    assert main(["review", run, "--import", str(good), "--reviewer", "tool"]) == 0  # the same again: skipped
+    assert "0 judgment(s)" in capsys.readouterr().out and len(list((d / "review" / "judgments").iterdir())) == 2
+    bad.write_text(json.dumps({**lines[0], "verdict": "negative"}) + "\n")
+    assert main(["review", run, "--import", str(bad)]) == 2
+    assert "already judged by ann" in capsys.readouterr().err
+    assert main(["review", str(tmp_path), "--import", str(good)]) == 2
+    assert "no review queue" in capsys.readouterr().err
