@@ -18,6 +18,11 @@ token is the bearer key (as an API key would be), user:password goes as HTTP Bas
 takes the place of `api_key_env`, which is then not read: a key from the environment is
 never sent to a host whose URL names other credentials.
 
+Budgets (judges/budget.py): `requests_per_minute` and `tokens_per_minute` are token buckets
+per endpoint, shared by the judges of a process; the server's Retry-After and
+`x-ratelimit-remaining-*`/`x-ratelimit-reset-*` pause every request to it; the requests in
+flight halve on a 429 and creep back on success (up to `concurrency`).
+
 Token use, cost and request counts accumulate in `usage()`; the cycle reports them per
 iteration.
 """
@@ -38,6 +43,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from alignloop.judges.budget import AdaptiveSlots, limits_for
 from alignloop.judges.cache import JudgmentCache, cache_key, default_cache_path
 from alignloop.judges.prompting import (
     JUDGMENT_SCHEMA,
@@ -121,7 +127,23 @@ class OpenAIJudgeConfig(BaseModel):
     max_tokens: int = Field(512, gt=0, description="Longest judge reply, in tokens.")
     seed: int | None = Field(None, description="Sampling seed, for servers that honour it.")
     extra_body: dict = Field(default_factory=dict, description="Extra request fields passed through as-is.")
-    concurrency: int = Field(16, gt=0, description="Requests in flight at once per judge actor.")
+    concurrency: int = Field(
+        16, gt=0, description="Requests in flight at once per judge actor (the most: 429s lower it for a while)."
+    )
+    adaptive_concurrency: bool = Field(
+        True, description="Halve the requests in flight on a 429 and add them back one by one as requests succeed."
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Most requests per minute to this endpoint and model, per process (None: no limit)."
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Most tokens per minute to this endpoint and model, per process: a request reserves its prompt "
+            "(about 4 characters a token) plus max_tokens, corrected by the reply's usage (None: no limit)."
+        ),
+    )
     timeout_s: float = Field(
         60.0, gt=0, description="Per-request inactivity timeout: the longest wait for the connection or the next bytes."
     )
@@ -183,6 +205,9 @@ class OpenAIJudgeConfig(BaseModel):
 
 
 PREFLIGHT_TIMEOUT_S = 5.0
+# Longest pause an x-ratelimit-reset-* header can impose: long enough for a per-minute window or
+# a token budget refilling over minutes, short enough that a wrong header does not stall a run.
+MAX_HEADER_WAIT_S = 600.0
 
 
 # the endpoint: a URL without credentials, and the headers that carry them --------------------
@@ -301,7 +326,10 @@ class OpenAIJudge:
         self._endpoint = Endpoint.of(config) if client is None else None
         self._active = 0
         self._client: Any = None  # an openai.AsyncOpenAI or compatible, while a judge() call runs
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = AdaptiveSlots(config.concurrency, config.adaptive_concurrency)
+        self.limits = limits_for(
+            split_credentials(config.base_url)[0], config.model, config.requests_per_minute, config.tokens_per_minute
+        )
         self._rng = random.Random()
         self.cache = JudgmentCache(config.cache_path or default_cache_path()) if config.cache else None
 
@@ -313,7 +341,7 @@ class OpenAIJudge:
         pairs = list(zip(prompts, samples, strict=True))
         if self._active == 0:
             self._client = self._injected or _make_client(self.config, self._endpoint)
-            self._slots = asyncio.Semaphore(self.config.concurrency)
+            self._slots.bind()
         self._active += 1
         try:
             return list(await asyncio.gather(*(self.judge_one(p, s) for p, s in pairs)))
@@ -332,8 +360,8 @@ class OpenAIJudge:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.counts.cache_hits += 1
             return self.judgment(sample, hit, 0.0)
-        assert self._slots is not None, "judge_one runs inside judge(), which sets the slots"
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             start = time.perf_counter()
             try:
                 parsed = await self.readable_reply(messages)
@@ -346,6 +374,8 @@ class OpenAIJudge:
                     # CallFailed's text is made of masked, cut parts; a parser's may quote the reply.
                     error=mask_secrets(str(e)) if isinstance(e, CallFailed) else safe_text(f"{kind}{e}"),
                 )
+        finally:
+            await self._slots.release()
         if self.cache is not None:
             self.cache.put(key, parsed)
         return self.judgment(sample, parsed, time.perf_counter() - start)
@@ -389,15 +419,24 @@ class OpenAIJudge:
         """The reply text, after as many retries as the config allows."""
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
+            reserved = self.estimate_tokens(messages)
+            await self.limits.acquire(reserved)
+            epoch = self._slots.epoch
             self.counts.requests += 1
             try:
                 response = await self.attempt(messages)
                 # Billed even when the message is empty, so counted before it is read.
-                self.account(getattr(response, "usage", None))
+                self.account(getattr(response, "usage", None), reserved)
+                self._slots.succeeded()
                 return reply_text(response, self.config.max_tokens)
             except Unparseable:
                 raise  # the judge model wrote it: a judgment that cannot be read, not a fault
             except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
+                self.limits.observe(_headers(e), MAX_HEADER_WAIT_S)
+                if getattr(e, "status_code", None) == 429:
+                    self._slots.throttled(epoch)
+                if (asked := retry_after(e)) is not None:
+                    self.limits.pause(asked)  # the server's limit is the endpoint's, not this request's
                 if not retryable(e):
                     raise CallFailed(describe(e, self.config)) from None
                 self.counts.transport_faults += 1
@@ -410,14 +449,26 @@ class OpenAIJudge:
 
     async def attempt(self, messages: list[dict]):
         """One request, within the total deadline: timeout_s bounds each wait for bytes, not
-        the whole request, which a server trickling a byte at a time would hold for minutes."""
+        the whole request, which a server trickling a byte at a time would hold for minutes.
+        Its rate-limit headers are followed (a client without raw responses has none to give)."""
         deadline = self.config.request_deadline_s
+        completions = self._client.chat.completions
+        raw = getattr(completions, "with_raw_response", None)
         try:
-            return await asyncio.wait_for(self._client.chat.completions.create(**self.request(messages)), deadline)
+            if raw is None:
+                return await asyncio.wait_for(completions.create(**self.request(messages)), deadline)
+            reply = await asyncio.wait_for(raw.create(**self.request(messages)), deadline)
         except TimeoutError:
             raise TransportFault(
                 f"the request took longer than its deadline of {deadline:g} s in all (judge.deadline_s)"
             ) from None
+        self.limits.observe(reply.headers, MAX_HEADER_WAIT_S)
+        return reply.parse()
+
+    def estimate_tokens(self, messages: list[dict]) -> int:
+        """What a request reserves of tokens_per_minute before its usage is known: its prompt at
+        about 4 characters a token, and the longest reply (servers count max_tokens too)."""
+        return sum(len(str(m.get("content") or "")) for m in messages) // 4 + self.config.max_tokens
 
     def request(self, messages: list[dict]) -> dict:
         c = self.config
@@ -450,10 +501,11 @@ class OpenAIJudge:
         wait = step / 2 + self._rng.uniform(0, step / 2)
         return max(wait, server_asks or 0.0)
 
-    def account(self, usage) -> None:
+    def account(self, usage, reserved: int = 0) -> None:
         if usage is None:
             return
         p, c = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        self.limits.settle(reserved, p + c)
         self.counts.prompt_tokens += p
         self.counts.completion_tokens += c
         self.counts.cost_usd += (p * self.config.price_input_per_mtok + c * self.config.price_output_per_mtok) / 1e6
@@ -590,6 +642,10 @@ def retryable(e: Exception) -> bool:
     if isinstance(e, openai.APIStatusError):
         return e.status_code in RETRYABLE_STATUS or e.status_code >= 500
     return False
+
+
+def _headers(e: Exception):
+    return getattr(getattr(e, "response", None), "headers", None)
 
 
 def retry_after(e: Exception) -> float | None:

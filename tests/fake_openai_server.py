@@ -22,6 +22,12 @@ What a weak judge model (a 135M one behind vLLM's server) was seen to answer:
     contra    HTTP 200, a verdict its own score contradicts ("satisfactory", 1 of 10)
     length    HTTP 200, the reply cut off mid-JSON, finish_reason "length"
 
+Rate limits as hosted APIs enforce them (`rate_limit=(n, window_s)`): at most n requests are
+answered per fixed window; every reply carries `x-ratelimit-limit-requests`,
+`x-ratelimit-remaining-requests` and `x-ratelimit-reset-requests` (a duration such as
+"250ms"), and a request past the limit gets HTTP 429 with those headers and no Retry-After
+(logged as fault "ratelimit"; it does not count against the window).
+
 A fault is chosen either by a script in the response under judgment (`FAULTS=429,500` makes
 the first attempt for that sample a 429, the second a 500, later ones succeed) or at random
 with probability `fault_rate`. Every request is logged with the sample it was for and the
@@ -56,6 +62,7 @@ class Logged:
     key: str  # which sample (a digest of the user message)
     attempt: int  # 0 for the first request about that sample
     fault: str  # "ok" or one of the faults above
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 class FakeOpenAIServer:
@@ -69,6 +76,7 @@ class FakeOpenAIServer:
         slow_s: float = 1.0,
         port: int = 0,
         max_words: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
     ):
         self.latency_s, self.fault_rate, self.faults = latency_s, fault_rate, tuple(faults)
         self.max_words = max_words
@@ -81,6 +89,8 @@ class FakeOpenAIServer:
         self.tokens = [0, 0]  # prompt, completion tokens in the usage the server reported
         self.active = self.max_active = 0  # requests being answered now / at most at once
         self._attempts: dict[str, int] = {}
+        self.rate_limit = rate_limit
+        self._window = (0, 0)  # (index of the current window, requests answered in it)
         self.httpd = _Server(("127.0.0.1", port), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -93,6 +103,7 @@ class FakeOpenAIServer:
         return len(self.log)
 
     def start(self) -> FakeOpenAIServer:
+        self.started = time.monotonic()
         self.thread.start()
         return self
 
@@ -124,24 +135,53 @@ class FakeOpenAIServer:
         with self.lock:
             self.active -= 1
 
-    def decide(self, body: dict) -> tuple[Logged, str]:
+    def windows(self) -> dict[int, int]:
+        """Requests that arrived in each rate-limit window (all of them, throttled ones too)."""
+        assert self.rate_limit is not None
+        counts: dict[int, int] = {}
+        for e in self.log:
+            w = int((e.at - self.started) // self.rate_limit[1])
+            counts[w] = counts.get(w, 0) + 1
+        return counts
+
+    def admit(self, now: float) -> tuple[bool, dict]:
+        """Under the lock: whether the rate limit lets this request through, and the headers saying where it stands."""
+        if self.rate_limit is None:
+            return True, {}
+        limit, window_s = self.rate_limit
+        index = int((now - self.started) // window_s)
+        used = self._window[1] if self._window[0] == index else 0
+        admitted = used < limit
+        self._window = (index, used + admitted)
+        reset_ms = max(1, round(((index + 1) * window_s - (now - self.started)) * 1000))
+        return admitted, {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(limit - used - admitted),
+            "x-ratelimit-reset-requests": f"{reset_ms}ms",
+        }
+
+    def decide(self, body: dict) -> tuple[Logged, str, dict]:
         user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         key = hashlib.sha256(user.encode()).hexdigest()[:16]
         with self.lock:
+            now = time.monotonic()
             attempt = self._attempts.get(key, 0)
             self._attempts[key] = attempt + 1
+            admitted, headers = self.admit(now)
             script = _SCRIPT.search(user)
-            if script:
+            if not admitted:
+                fault = "ratelimit"
+            elif script:
                 steps = script.group(1).split(",")
                 fault = steps[attempt] if attempt < len(steps) else "ok"
             elif self.fault_rate and self.rng.random() < self.fault_rate:
                 fault = self.rng.choice(self.faults)
             else:
                 fault = "ok"
-            entry = Logged(key, attempt, fault)
+            entry = Logged(key, attempt, fault, now)
             self.log.append(entry)
             self.bodies.append(body)
-        return entry, user
+        return entry, user, headers
 
 
 class _Server(ThreadingHTTPServer):
@@ -209,9 +249,16 @@ def _handler(server: FakeOpenAIServer):
             finally:
                 server.leave()
 
-        def answer(self, entry: Logged, user: str, body: dict):
+        def answer(self, entry: Logged, user: str, limits: dict, body: dict):
             time.sleep(server.latency_s)
             fault = entry.fault
+            if fault == "ratelimit":
+                error = {
+                    "message": "Rate limit reached for requests",
+                    "type": "requests",
+                    "code": "rate_limit_exceeded",
+                }
+                return self.send_json(429, {"error": error}, limits)
             if fault == "drop":
                 self.close_connection = True
                 return
@@ -257,6 +304,7 @@ def _handler(server: FakeOpenAIServer):
                         "total_tokens": prompt_tokens + completion_tokens,
                     },
                 },
+                limits,
             )
 
         def send_json(self, status: int, obj: dict, headers: dict | None = None):
