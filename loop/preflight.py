@@ -34,6 +34,10 @@ def preflight_run(cfg: RunConfig, prompts: list[Prompt] | None = None) -> None:
     if prompts is not None:
         check_batch_fits(len(prompts), cfg.data.prompts_per_iteration)
     check_backends(cfg)
+    if cfg.sampler.server is not None:  # the driver talks to the servers, on a cluster too
+        from alignloop.loop.roles.server_samplers import check_servers
+
+        check_servers(cfg.sampler.server, cfg.model.lora.r, cfg.model.path)
     if attached(cfg):
         return
     model_preflight(cfg.model.path)

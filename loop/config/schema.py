@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from alignloop.judges import JudgeConfig
+from alignloop.loop.serving import ServeOptions, ServerOptions
 from alignloop.policies.objectives.options import ObjectiveConfig, SFTOptions
 from alignloop.policies.vllm_engine import VLLMSamplerOptions
 from alignloop.records.secrets import quote
@@ -76,8 +77,10 @@ class DataConfig(Strict):
 
 
 class SamplerConfig(Strict):
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="Sampling backend (hf: transformers; vllm: a vLLM engine)."
+    backend: Literal["hf", "vllm", "server"] = Field(
+        "hf",
+        description="Sampling backend (hf: transformers; vllm: a vLLM engine; server: OpenAI-compatible inference "
+        "servers, sampler.server).",
     )
     replicas: int = Field(1, gt=0, description="Sampler actors; each batch is split between them.")
     samples_per_prompt: int = Field(4, gt=0, description="Responses per prompt (k).")
@@ -101,6 +104,9 @@ class SamplerConfig(Strict):
     vllm: VLLMSamplerOptions | None = Field(
         None, description="vLLM engine options (backend: vllm; None: the defaults)."
     )
+    server: ServerOptions | None = Field(
+        None, description="The inference servers (backend: server): URLs, adapter_dir, key, concurrency."
+    )
 
     @property
     def engine(self) -> VLLMSamplerOptions:
@@ -114,6 +120,11 @@ class SamplerConfig(Strict):
             raise ValueError(
                 f"sampler.vllm is set but sampler.backend is {self.backend!r}; "
                 "set sampler.backend: vllm or remove sampler.vllm"
+            )
+        if (self.server is not None) != (self.backend == "server"):
+            raise ValueError(
+                "sampler.backend: server needs sampler.server (its urls), and sampler.server needs sampler.backend: "
+                f"server (got backend {self.backend!r}); set both or neither"
             )
         tp = self.engine.tensor_parallel_size
         if tp > 1 and self.num_gpus != 1:
@@ -281,6 +292,9 @@ class RoundConfig(Strict):
         False, description="Start each round's optimizer afresh instead of from the promoted adapter's."
     )
     eval: EvalConfig | None = Field(None, description="The promotion gate (None: every finished round is promoted).")
+    serve: ServeOptions | None = Field(
+        None, description="Endpoints where each promoted adapter is loaded under a stable name (None: nowhere)."
+    )
 
 
 class RunConfig(Strict):

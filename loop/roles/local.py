@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from alignloop.loop.config import RunConfig
 from alignloop.loop.roles.judges import JudgeWorker, JudgeWorkers, judge_name
 from alignloop.loop.roles.protocols import Exported
 from alignloop.loop.roles.samplers import SamplerReplicas
+from alignloop.loop.roles.server_samplers import ServerSamplers, server_samplers
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.objectives.base import Example
 
@@ -116,12 +118,20 @@ class LocalRoles:
                 "(alignloop run), or set learner.ranks: 1"
             )
         self.cfg = cfg
-        cls = sampler_class(cfg.sampler.backend)
-        self.samplers = SamplerReplicas(
-            [LocalHandle(cls(cfg.model, cfg.sampler)) for _ in range(cfg.sampler.replicas)], LocalCalls()
+        server = cfg.sampler.backend == "server"  # inference servers sample: no sampler objects here
+        cls: Any = None if server else sampler_class(cfg.sampler.backend)
+        self.samplers: SamplerReplicas | ServerSamplers = SamplerReplicas(
+            [LocalHandle(cls(cfg.model, cfg.sampler)) for _ in range(0 if server else cfg.sampler.replicas)],
+            LocalCalls(),
         )
         self.judges = self.judges_for(cfg.judge)
         self.learner = LocalLearner(Learner(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
+        if server:  # the probe's reference: the learner, idle when a version is published
+            idle = cfg.asynchronous.max_staleness == 0
+            self.samplers = server_samplers(cfg, self._learner_logprobs if idle else None)
+
+    def _learner_logprobs(self, rows: list) -> list[list[float]]:
+        return self.learner.handle.sequence_logprobs.remote(rows).result()
 
     def judges_for(self, judge_cfg) -> JudgeWorkers:
         return JudgeWorkers(

@@ -21,6 +21,7 @@ from alignloop.loop.roles.ray_runtime import (
     wait_for_placement,
 )
 from alignloop.loop.roles.samplers import SamplerReplicas
+from alignloop.loop.roles.server_samplers import ServerSamplers, server_samplers
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.objectives.base import Example
 
@@ -77,15 +78,20 @@ class RayRoles:
 
         self.cfg = cfg
         self.judge_pools: list[JudgeWorkers] = []  # the run's judges and any evaluation's own
-        sampler_cls: Any = ray.remote(sampler_class(cfg.sampler.backend))  # an actor class
-        placed = [sampler_placement(cfg.sampler, cfg.ray.placement_timeout_s) for _ in range(cfg.sampler.replicas)]
+        server = cfg.sampler.backend == "server"  # inference servers sample: no sampler actors
+        sampler_cls: Any = None if server else ray.remote(sampler_class(cfg.sampler.backend))  # an actor class
+        replicas = 0 if server else cfg.sampler.replicas
+        placed = [sampler_placement(cfg.sampler, cfg.ray.placement_timeout_s) for _ in range(replicas)]
         self.placement_groups = [group for _, group in placed if group is not None]
         wait_for_placement(cfg)  # every other actor fits, or a message instead of waiting for good
-        self.samplers = SamplerReplicas(
+        self.samplers: SamplerReplicas | ServerSamplers = SamplerReplicas(
             [sampler_cls.options(**options).remote(cfg.model, cfg.sampler) for options, _ in placed],
             RayCalls(),
             answer_timeout_s=cfg.ray.actor_restart_timeout_s,
         )
+        if server:  # the probe's reference is the learner's, where it is idle when a version is published
+            idle = cfg.learner.ranks == 1 and cfg.asynchronous.max_staleness == 0
+            self.samplers = server_samplers(cfg, self._learner_logprobs if idle else None)
         self.judges = self.judges_for(cfg.judge)
         self.learner: RayLearner | LearnerGroup
         if cfg.learner.ranks > 1:
@@ -102,6 +108,9 @@ class RayRoles:
         )
         self.learner = RayLearner(learner_cls.remote(cfg.model, cfg.learner, cfg.sampler.temperature, cfg.seed))
         self.learner_handles = [self.learner.handle]
+
+    def _learner_logprobs(self, rows: list[Example]) -> list[list[float]]:
+        return self.learner.calls.get(self.learner.handle.sequence_logprobs.remote(rows))
 
     def judges_for(self, judge_cfg) -> JudgeWorkers:
         """JudgeWorker actors for one judge config (the run's, or an evaluation's own)."""
@@ -124,6 +133,7 @@ class RayRoles:
         wait = {
             "hf": "about 5-20 s on a CPU",
             "vllm": "a vLLM engine: about 35 s on a CPU, longer for a large model on a GPU",
+            "server": "the servers are up already: a few seconds",
         }
         ranks = self.cfg.learner.ranks
         return (

@@ -82,6 +82,8 @@ def actor_bundles(cfg: RunConfig) -> list[tuple[str, dict[str, float]]]:
     wait for their own placement groups) and actors that ask for nothing (they fit anywhere);
     a round with an eval judge of its own starts a second pool of judge actors."""
     samplers = cfg.sampler.replicas if cfg.sampler.engine.tensor_parallel_size == 1 else 0
+    if cfg.sampler.backend == "server":  # the servers run outside the cluster: no sampler actors
+        samplers = 0
     judge_pools = 2 if cfg.round.eval is not None and cfg.round.eval.judge is not None else 1
     learners = getattr(cfg.learner, "ranks", 1)
     roles: list[tuple[str, Any]] = [("sampler", cfg.sampler)] * samplers

@@ -12,10 +12,13 @@ from alignloop.loop.roles.judges import JudgeWorkers
 from alignloop.loop.roles.local import LocalLearner, LocalRoles
 from alignloop.loop.roles.ray_roles import RayLearner, RayRoles
 from alignloop.loop.roles.samplers import SamplerReplicas
+from alignloop.loop.roles.server_samplers import ServerSamplers
 
 IMPLEMENTATIONS = [
     (protocols.SamplerPool, SamplerReplicas),
     (protocols.Publication, SamplerReplicas),
+    (protocols.SamplerPool, ServerSamplers),
+    (protocols.Publication, ServerSamplers),
     (protocols.JudgePool, JudgeWorkers),
     (protocols.LearnerRole, RayLearner),
     (protocols.LearnerRole, LocalLearner),
