@@ -52,11 +52,12 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VBIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-# Debian's Chromium, for the test that opens `alignloop report`'s page in a real headless
-# browser; where it cannot be installed (no apt, not root) that one test is skipped.
+# Debian's Chromium and its chromedriver, for the tests that open `alignloop report`'s page and
+# `alignloop review`'s (driven by Selenium) in a real headless browser; where they cannot be
+# installed (no apt, not root) those tests are skipped.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the report's browser test will be skipped"
+	@(command -v chromium && command -v chromedriver) >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser tests will be skipped"
 
 run: install
 	$(BIN)/alignloop run $(CONFIG) --resume $(ARGS)
