@@ -8,6 +8,9 @@ requests are in flight, and what the server says about its own limits.
 - `EndpointLimits`: the requests and tokens buckets of one endpoint, shared by every judge in
   the process that calls it (`limits_for`), and the pause the server asked for: a 429's
   Retry-After, or `x-ratelimit-remaining-*: 0` with its `x-ratelimit-reset-*`.
+- `SpendingLimit`: what a judge may still spend in this judge step. A request reserves the
+  most it can cost (its prompt counted as one token per byte, plus max_tokens) before it is
+  sent; one that does not fit is not sent, nor is any after it, until the next allowance.
 - `AdaptiveSlots`: requests in flight, additive increase and multiplicative decrease: a 429
   halves the limit (once per round of requests in flight, not once per throttled request),
   each success adds 1/limit, up to the configured concurrency.
@@ -22,6 +25,9 @@ import time
 from collections.abc import Callable, Mapping
 
 Clock = Callable[[], float]
+
+# How a judgment the cost cap stopped says so: the judge step recognises it by this start.
+COST_CAP_ERROR = "judge cost cap reached"
 
 
 class TokenBucket:
@@ -191,3 +197,33 @@ class AdaptiveSlots:
     def succeeded(self) -> None:
         if self.adaptive:
             self.limit = min(float(self.ceiling), self.limit + 1 / self.limit)
+
+
+class SpendingLimit:
+    """USD a judge may spend until told otherwise (None: no limit). `spent` is the judge's
+    running total; what requests in flight may still cost is reserved on top of it."""
+
+    def __init__(self) -> None:
+        self.allowance: float | None = None
+        self.start = self.reserved = 0.0
+        self.stopped = False
+
+    def reset(self, allowance: float | None, spent: float) -> None:
+        self.allowance, self.start, self.stopped = allowance, spent, False
+
+    def reserve(self, cost: float, spent: float) -> bool:
+        """Whether a request that may cost `cost` fits; if so it is reserved until `release`."""
+        if self.allowance is None:
+            return True
+        if self.stopped or (spent - self.start) + self.reserved + cost > self.allowance:
+            self.stopped = True  # none after it either: the step stops at a clean point
+            return False
+        self.reserved += cost
+        return True
+
+    def release(self, cost: float) -> None:
+        if self.allowance is not None:
+            self.reserved = max(0.0, self.reserved - cost)
+
+    def left(self, spent: float) -> float | None:
+        return None if self.allowance is None else self.allowance - (spent - self.start)

@@ -21,7 +21,9 @@ never sent to a host whose URL names other credentials.
 Budgets (judges/budget.py): `requests_per_minute` and `tokens_per_minute` are token buckets
 per endpoint, shared by the judges of a process; the server's Retry-After and
 `x-ratelimit-remaining-*`/`x-ratelimit-reset-*` pause every request to it; the requests in
-flight halve on a 429 and creep back on success (up to `concurrency`).
+flight halve on a 429 and creep back on success (up to `concurrency`). `limit_spending(usd)`
+caps what the next judge step may cost (judging.max_cost_usd*): a request that could cost more
+than is left is not sent, and its sample, with every later one, is an error judgment saying so.
 
 Token use, cost and request counts accumulate in `usage()`; the cycle reports them per
 iteration.
@@ -43,7 +45,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from alignloop.judges.budget import AdaptiveSlots, limits_for
+from alignloop.judges.budget import COST_CAP_ERROR, AdaptiveSlots, SpendingLimit, limits_for
 from alignloop.judges.cache import JudgmentCache, cache_key, default_cache_path
 from alignloop.judges.prompting import (
     JUDGMENT_SCHEMA,
@@ -302,6 +304,14 @@ class CallFailed(Exception):
     """The request failed for good: not retryable, or out of retries."""
 
 
+class OverBudget(CallFailed):
+    """Not sent: it could cost more than the judge step has left to spend."""
+
+
+class _Retry(Exception):
+    """call_once backed off after a transport fault: call() tries again."""
+
+
 class TransportFault(Exception):
     """A reply over max_reply_bytes or a request past its deadline: retried like a dropped
     connection, since a second attempt may well fare better."""
@@ -327,6 +337,7 @@ class OpenAIJudge:
         self._active = 0
         self._client: Any = None  # an openai.AsyncOpenAI or compatible, while a judge() call runs
         self._slots = AdaptiveSlots(config.concurrency, config.adaptive_concurrency)
+        self.spending = SpendingLimit()
         self.limits = limits_for(
             split_credentials(config.base_url)[0], config.model, config.requests_per_minute, config.tokens_per_minute
         )
@@ -352,6 +363,10 @@ class OpenAIJudge:
 
     def usage(self) -> dict[str, float]:
         return asdict(self.counts)
+
+    def limit_spending(self, usd: float | None) -> None:
+        """What calls from now on may spend in all, in USD (None: no limit)."""
+        self.spending.reset(usd, self.counts.cost_usd)
 
     # one sample -----------------------------------------------------------------------------
     async def judge_one(self, prompt: Prompt, sample: Sample) -> Judgment:
@@ -416,36 +431,55 @@ class OpenAIJudge:
 
     # the request ----------------------------------------------------------------------------------
     async def call(self, messages: list[dict]) -> str:
-        """The reply text, after as many retries as the config allows."""
+        """The reply text, after as many retries as the config allows, each attempt within
+        what is left to spend."""
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
-            reserved = self.estimate_tokens(messages)
-            await self.limits.acquire(reserved)
-            epoch = self._slots.epoch
-            self.counts.requests += 1
+            most = self.most_cost(messages)
+            if not self.spending.reserve(most, self.counts.cost_usd):
+                left = self.spending.left(self.counts.cost_usd) or 0.0
+                raise OverBudget(
+                    f"{COST_CAP_ERROR}: the request could cost up to ${most:.6f} and ${max(0.0, left):.6f} is left "
+                    "of what this judge may spend in this judge step (judging.max_cost_usd, "
+                    "judging.max_cost_usd_per_iteration); it was not sent"
+                )
             try:
-                response = await self.attempt(messages)
-                # Billed even when the message is empty, so counted before it is read.
-                self.account(getattr(response, "usage", None), reserved)
-                self._slots.succeeded()
-                return reply_text(response, self.config.max_tokens)
-            except Unparseable:
-                raise  # the judge model wrote it: a judgment that cannot be read, not a fault
-            except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
-                self.limits.observe(_headers(e), MAX_HEADER_WAIT_S)
-                if getattr(e, "status_code", None) == 429:
-                    self._slots.throttled(epoch)
-                if (asked := retry_after(e)) is not None:
-                    self.limits.pause(asked)  # the server's limit is the endpoint's, not this request's
-                if not retryable(e):
-                    raise CallFailed(describe(e, self.config)) from None
-                self.counts.transport_faults += 1
-                self.counts.empty_replies += is_empty_reply(e)
-                if attempt == attempts - 1:
-                    raise CallFailed(f"{describe(e, self.config)} (gave up after {attempts} attempts)") from None
-                self.counts.retries += 1
-                await asyncio.sleep(self.backoff(attempt, retry_after(e)))
+                return await self.call_once(messages, attempt, attempts)
+            except _Retry:
+                continue
+            finally:
+                self.spending.release(most)
         raise AssertionError("unreachable")
+
+    async def call_once(self, messages: list[dict], attempt: int, attempts: int) -> str:
+        """One attempt: the reply text, or _Retry after the back-off, or the final failure."""
+        reserved = self.estimate_tokens(messages)
+        await self.limits.acquire(reserved)
+        epoch = self._slots.epoch
+        self.counts.requests += 1
+        try:
+            response = await self.attempt(messages)
+            # Billed even when the message is empty, so counted before it is read.
+            self.account(getattr(response, "usage", None), reserved)
+            self._slots.succeeded()
+            return reply_text(response, self.config.max_tokens)
+        except Unparseable:
+            raise  # the judge model wrote it: a judgment that cannot be read, not a fault
+        except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
+            self.limits.observe(_headers(e), MAX_HEADER_WAIT_S)
+            if getattr(e, "status_code", None) == 429:
+                self._slots.throttled(epoch)
+            if (asked := retry_after(e)) is not None:
+                self.limits.pause(asked)  # the server's limit is the endpoint's, not this request's
+            if not retryable(e):
+                raise CallFailed(describe(e, self.config)) from None
+            self.counts.transport_faults += 1
+            self.counts.empty_replies += is_empty_reply(e)
+            if attempt == attempts - 1:
+                raise CallFailed(f"{describe(e, self.config)} (gave up after {attempts} attempts)") from None
+            self.counts.retries += 1
+            await asyncio.sleep(self.backoff(attempt, retry_after(e)))
+            raise _Retry from None
 
     async def attempt(self, messages: list[dict]):
         """One request, within the total deadline: timeout_s bounds each wait for bytes, not
@@ -464,6 +498,13 @@ class OpenAIJudge:
             ) from None
         self.limits.observe(reply.headers, MAX_HEADER_WAIT_S)
         return reply.parse()
+
+    def most_cost(self, messages: list[dict]) -> float:
+        """The most a request can cost: no token is shorter than a byte, and the reply is at most
+        max_tokens (a few tokens per message for the chat template)."""
+        c = self.config
+        prompt = sum(len(str(m.get("content") or "").encode()) + 8 for m in messages)
+        return (prompt * c.price_input_per_mtok + c.max_tokens * c.price_output_per_mtok) / 1e6
 
     def estimate_tokens(self, messages: list[dict]) -> int:
         """What a request reserves of tokens_per_minute before its usage is known: its prompt at

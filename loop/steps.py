@@ -8,9 +8,10 @@ a run killed at any moment resumes from the last finished step and redoes nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,6 +31,11 @@ from alignloop.records.metrics import merge_metrics
 
 class JudgeErrorRate(RuntimeError):
     """More judgments failed than judging.max_error_rate allows: the run stops, resumable."""
+
+
+class JudgeCostCap(JudgeErrorRate):
+    """The judges reached judging.max_cost_usd or max_cost_usd_per_iteration: the run stops
+    before spending more, resumable (with a higher cap) as the error budget is."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,10 @@ class Steps:
             self.store.save_samples(i, prompts, samples)
             self.save(i, "sample", sampled)
 
-        samples, judgments, extra = stream_prompts(
-            self.roles.samplers, self.roles.judges, self.cfg, prompts, self.state.base + i, on_sampled
-        )
+        with self.spending({}):
+            samples, judgments, extra = stream_prompts(
+                self.roles.samplers, self.roles.judges, self.cfg, prompts, self.state.base + i, on_sampled
+            )
         metrics = merge_metrics(sampled, extra, judgment_metrics(judgments))
         return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
 
@@ -140,7 +147,8 @@ class Steps:
         if self.cfg.judge.type == "human":
             return self.judge_by_people(i, prompts, samples, metrics)
         previous = self.store.load_judgments(i) if retry_failed else None
-        judgments, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples, previous)
+        with self.spending(metrics if retry_failed else {}):
+            judgments, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples, previous)
         # Every request counts, the stopped attempt's too: its usage was saved with the state.
         for k, v in metrics.items():
             if retry_failed and is_spending(k):
@@ -171,10 +179,32 @@ class Steps:
         metrics = merge_metrics({k: v for k, v in metrics.items() if k not in fresh}, fresh)
         return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
 
+    @contextlib.contextmanager
+    def spending(self, spent: Metrics) -> Iterator[None]:
+        """The judges may spend, within the block, what is left of the iteration's cap (`spent`:
+        a stopped attempt's metrics) and of the run's (its finished iterations); after it, with
+        no cap (an eval gate judges with the same workers)."""
+        judging = self.cfg.judging
+        if judging.max_cost_usd is None and judging.max_cost_usd_per_iteration is None:
+            yield
+            return
+        now = float(spent.get("judge_cost_usd") or 0.0)
+        left = [judging.max_cost_usd_per_iteration - now] if judging.max_cost_usd_per_iteration else []
+        if judging.max_cost_usd is not None:
+            before = sum(float(m.get("judge_cost_usd") or 0.0) for m in self.store.read_metrics())
+            left.append(judging.max_cost_usd - before - now)
+        self.roles.judges.limit_spending(max(0.0, min(left)))
+        try:
+            yield
+        finally:
+            self.roles.judges.limit_spending(None)
+
     def record_judgments(self, i: int, judged: Judged) -> Judged:
-        """Save the judgments, then check the error budget; only within it is the judge step done."""
+        """Save the judgments, then check the cost cap and the error budget; only within them
+        is the judge step done."""
         self.store.save_judgments(i, judged.judgments)
         try:
+            check_cost_cap(self.cfg, judged, f"iteration {i}", self.store.iter_dir(i))
             check_error_budget(self.cfg, judged.judgments, f"iteration {i}", self.store.iter_dir(i))
         except JudgeErrorRate:
             self.save(i, "sample", judged.metrics)  # the step is not finished; its usage so far is kept
@@ -242,6 +272,24 @@ class Steps:
             self.tracking.log_iteration(
                 i, self.store.read_metrics()[-1], judged.prompts, judged.samples, judged.judgments
             )
+
+
+def check_cost_cap(cfg: RunConfig, judged: Judged, what: str, where) -> None:
+    """Stop (JudgeCostCap) when the judges left samples unjudged because the cost cap was reached."""
+    from alignloop.judges.budget import COST_CAP_ERROR
+
+    capped = [j for j in judged.judgments if j.error and j.error.startswith(COST_CAP_ERROR)]
+    if not capped:
+        return
+    judging = cfg.judging
+    caps = [f"judging.{k} {v:g}" for k, v in judging.model_dump().items() if k.startswith("max_cost_usd") and v]
+    raise JudgeCostCap(
+        f"{what}: the judges reached their cost cap ({', '.join(caps)}) having spent "
+        f"${float(judged.metrics.get('judge_cost_usd') or 0.0):.6f} in this judge step; {len(capped)}/"
+        f"{len(judged.judgments)} sample(s) were not sent to the judge. The judgments are saved in {where}; raise "
+        "the cap (--set judging.max_cost_usd=... or judging.max_cost_usd_per_iteration=...) and rerun with "
+        "--resume, which judges only those samples"
+    )
 
 
 def check_error_budget(cfg: RunConfig, judgments: list[Judgment], what: str, where, remedy: str | None = None) -> None:

@@ -145,6 +145,18 @@ class JudgingConfig(Strict):
     max_error_rate: float = Field(
         0.2, ge=0, le=1, description="Stop the run when more than this fraction of judgments fail."
     )
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Most the judges may spend in this run (a round: the round's run), in USD at the judge's prices; "
+        "the run stops before a request that could pass it, resumable with a higher cap (None: no cap).",
+    )
+    max_cost_usd_per_iteration: float | None = Field(
+        None,
+        gt=0,
+        description="Most the judges may spend in one iteration's judge step, in USD; stops as max_cost_usd does "
+        "(None: no cap).",
+    )
     streaming: bool = Field(
         True,
         description="Judge each chunk as soon as its samples are sampled, while sampling goes on (the same "

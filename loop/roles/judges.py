@@ -39,6 +39,13 @@ class JudgeWorker:
     def judge_sync(self, prompts, samples):
         return asyncio.run(self.judge(prompts, samples))
 
+    async def limit_spending(self, usd: float | None) -> None:
+        """What this worker's judge may spend from now on (None: no cap); judges that cost
+        nothing, or keep no count of it, have no limit_spending and ignore it."""
+        limit = getattr(self.backend, "limit_spending", None)
+        if limit is not None:
+            limit(usd)
+
     async def take_usage(self) -> dict[str, float]:
         """The judge's counters (requests, tokens, cost...) since the last call: one
         iteration's worth when the cycle asks once per judge step. {} for judges that keep none."""
@@ -124,6 +131,16 @@ class JudgeWorkers:
 
     def __init__(self, handles: list, in_flight: int, name: str):
         self.handles, self.in_flight, self.name = handles, in_flight, name
+
+    def limit_spending(self, usd: float | None) -> None:
+        """What the next judge step may spend (None: no cap), shared equally by the workers: each
+        stops at its share, so none waits on another to learn what is left."""
+        share = None if usd is None else usd / len(self.handles)
+
+        async def tell() -> None:  # a dead worker is found out, and its chunks moved, by the judge step
+            await asyncio.gather(*(h.limit_spending.remote(share) for h in self.handles), return_exceptions=True)
+
+        asyncio.run(tell())
 
     def judge(
         self, chunks: list[JudgeChunk], on_done: Callable[[int], None] = lambda i: None

@@ -175,3 +175,83 @@ def test_a_429_storm_with_rate_limit_headers_is_waited_out(monkeypatch):
         deaf = judge_all(OpenAIJudge(config(server, adaptive_concurrency=False)), 24)
         storm = server.windows()
     assert any(j.error for j in deaf) and max(storm.values()) > 4 + 8
+
+
+# the cost cap ------------------------------------------------------------------------------------
+
+
+def write_sampled(steps, i: int, prompts, samples) -> None:
+    """What the sample step leaves behind: its files, then state.json saying it finished."""
+    steps.store.save_samples(i, prompts, samples)
+    steps.save(i, "sample", {"n_samples": len(samples)})
+
+
+def judge_step(steps):
+    i, first = steps.state.next_step()
+    return steps.sampled_and_judged(i, first, steps.state.cursor.pending or {})
+
+
+PRICES = dict(price_input_per_mtok=1.0, price_output_per_mtok=1.0)  # a request of ~160 tokens: ~$0.00016
+
+
+def cost_of(server) -> float:
+    return (server.tokens[0] + server.tokens[1]) / 1e6
+
+
+def test_a_cost_cap_hit_mid_iteration_stops_before_spending_more_then_resumes(tmp_path):
+    """40 samples would cost ~$0.0065; the iteration may spend $0.006, and a request reserves
+    the most it could cost (~$0.002) before it is sent. The step stops (exit 3, resumable)
+    with the judged samples saved and the rest never sent; the spend stays under the cap.
+    Resumed with a higher cap, only the samples not sent are judged, and the iteration's
+    metrics count what both attempts spent."""
+    from alignloop.loop.steps import JudgeCostCap
+    from tests.judge_fakes import make_steps
+
+    texts = [f"good answer {i}" for i in range(40)]
+    prompts, samples = prompts_and_samples(texts)
+    with FakeOpenAIServer() as server:
+        judge = config(server, concurrency=4, **PRICES).model_dump()
+        steps = make_steps(judge, tmp_path, actors=1, chunk_size=40, max_cost_usd_per_iteration=0.006)
+        write_sampled(steps, 1, prompts, samples)
+        with pytest.raises(JudgeCostCap, match=r"cost cap \(judging.max_cost_usd_per_iteration 0.006\)") as stop:
+            judge_step(steps)
+        saved = steps.store.load_judgments(1)
+        judged = [j for j in saved if j.error is None]
+        capped = [j for j in saved if j.error and j.error.startswith("judge cost cap reached")]
+        assert len(judged) + len(capped) == 40 and 0 < len(judged) < 40
+        assert server.requests == len(judged), "no sample past the cap was sent"
+        assert cost_of(server) <= 0.006
+        assert f"{len(capped)}/40 sample(s) were not sent" in str(stop.value) and "--resume" in str(stop.value)
+        state = steps.store.load_state()
+        assert state.step == "sample" and state.cursor.pending["judge_cost_usd"] == pytest.approx(cost_of(server))
+
+        resumed = make_steps(judge, tmp_path, actors=1, chunk_size=40, max_cost_usd_per_iteration=1.0)
+        out = judge_step(resumed)
+    assert [j.error for j in out.judgments] == [None] * 40 and server.requests == 40
+    assert out.metrics["n_rejudged"] == len(capped)
+    assert out.metrics["judge_cost_usd"] == pytest.approx(cost_of(server)), "both attempts' spending"
+    assert resumed.store.load_state().step == "judge"
+
+
+def test_the_runs_cap_counts_earlier_iterations_and_stops_before_the_first_request(tmp_path):
+    from alignloop.loop.steps import JudgeCostCap
+    from tests.judge_fakes import make_steps
+
+    prompts, samples = prompts_and_samples(["good one", "good two"])
+    with FakeOpenAIServer() as server:
+        judge = config(server, **PRICES).model_dump()
+        steps = make_steps(judge, tmp_path, actors=2, chunk_size=1, max_cost_usd=0.01)
+        steps.store.write_metrics(1, {"iteration": 1, "judge_cost_usd": 0.0095})  # $0.0005 left: less than a request
+        write_sampled(steps, 2, prompts, samples)
+        with pytest.raises(JudgeCostCap, match="judging.max_cost_usd 0.01"):
+            judge_step(steps)
+        assert server.requests == 0
+        # The workers' limit is lifted after the step: an eval gate judging with them is not capped.
+        (j,) = steps.roles.judges.judge(steps_chunks(steps, prompts, samples[:1]))[0][0]
+        assert j.error is None and server.requests == 1
+
+
+def steps_chunks(steps, prompts, samples):
+    from alignloop.loop.steps import judge_chunks
+
+    return judge_chunks(steps.cfg, prompts, samples)
