@@ -199,6 +199,7 @@ class RoundResult:
                     "eval_after": e.eval_after,
                     "adapter_version": e.adapter_version,
                     "adapter_sha256": e.adapter_sha256,
+                    "judge_cost_usd": e.train.get("judge_cost_usd"),
                 }
                 if e
                 else {}
@@ -386,6 +387,8 @@ class Round:
         e = self.entry
         last = metrics[-1] if metrics else {}
         e.train = {k: last.get(k) for k in ("pass_rate", "mean_score", "loss", "n_train")}
+        # What the round's judges cost over all its iterations (judging.max_cost_usd caps it).
+        e.train["judge_cost_usd"] = sum(float(m.get("judge_cost_usd") or 0.0) for m in metrics)
         e.iterations = self.cfg.iterations  # a resumed round may have been given more
         e.eval_before, e.eval_after = _brief(before), _brief(after)
         promote, e.verdict = gate_verdict(self.cfg, before, after)

@@ -255,3 +255,27 @@ def steps_chunks(steps, prompts, samples):
     from alignloop.loop.steps import judge_chunks
 
     return judge_chunks(steps.cfg, prompts, samples)
+
+
+def test_the_rounds_json_line_and_series_file_carry_what_its_judges_spent(tmp_path):
+    from alignloop.loop.config import validate_config
+    from alignloop.loop.series import Round, RoundEntry, Series
+    from alignloop.loop.store import RunStore
+    from alignloop.policies.adapter import AdapterPayload
+
+    cfg = validate_config(
+        {
+            "name": "t",
+            "iterations": 2,
+            "data": {"path": "p.jsonl"},
+            "judge": {"type": "rules", "checks": [{"type": "finished"}]},
+        }
+    )
+    series = Series(tmp_path)
+    rnd = Round(series, cfg, RoundEntry(id="r1"))
+    (RunStore(rnd.dir).iter_dir(2) / "adapter").mkdir(parents=True)
+    payload = AdapterPayload.create(2, b"weights", {"r": 8})
+    metrics = [{"iteration": 1, "judge_cost_usd": 0.25}, {"iteration": 2, "judge_cost_usd": 0.5}, {"iteration": 3}]
+    line = rnd.finish(payload, metrics, None, None).summary()
+    assert line["judge_cost_usd"] == pytest.approx(0.75)
+    assert series.get("r1").train["judge_cost_usd"] == pytest.approx(0.75), "series.json reads it back"
