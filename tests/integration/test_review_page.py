@@ -188,7 +188,7 @@ def test_a_run_waits_collects_from_the_page_and_a_file_and_survives_a_kill(tmp_p
     proc = alignloop("run", str(config), "--resume")
     wait_for(lambda: (run_dir / "iter-0001" / "judgments.jsonl").exists(), proc, timeout=600)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run was killed before it finished"
     done = run_cli("run", str(config), "--resume", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     judgments = [json.loads(line) for line in (run_dir / "iter-0001" / "judgments.jsonl").open()]

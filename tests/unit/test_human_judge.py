@@ -311,6 +311,31 @@ def test_a_run_stops_waiting_for_people_and_resumes_without_losing_anything(tmp_
             assert a["iters"][name][key] == b["iters"][name][key], f"{name}/{key} differs"
 
 
+def test_a_run_killed_while_it_collects_loses_nothing(tmp_path, tiny_model, monkeypatch):
+    from alignloop.loop.store import RunStore
+
+    cfg = people_config(tmp_path, tiny_model, "killed")
+    cfg = cfg.model_copy(update={"iterations": 1})
+    with pytest.raises(WaitingForJudgments):
+        run_in_process(cfg)
+    judge_like_a_person(tmp_path / "killed")
+    save = RunStore.save_judgments
+
+    def killed(self, i, judgments):
+        assert len(judgments) == 12
+        raise KeyboardInterrupt  # stopped after collecting, before the judge step's file is written
+
+    monkeypatch.setattr(RunStore, "save_judgments", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(cfg)
+    monkeypatch.setattr(RunStore, "save_judgments", save)
+    assert json.loads((tmp_path / "killed" / "state.json").read_text())["step"] == "sample"
+    metrics = run_in_process(cfg)
+    assert metrics[-1]["n_judged_by_people"] == 12
+    judgments = (tmp_path / "killed" / "iter-0001" / "judgments.jsonl").read_text().splitlines()
+    assert {json.loads(line)["judge"] for line in judgments} == {"human:alice"} and len(judgments) == 12
+
+
 def test_a_mixed_run_judges_the_rest_with_the_other_judge(tmp_path, tiny_model):
     cfg = people_config(tmp_path, tiny_model, "mixed", other=RULES, share=0.5)
     with pytest.raises(WaitingForJudgments) as waiting:
