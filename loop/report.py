@@ -122,7 +122,9 @@ def run_sections(root: Path, prefix: str = "") -> tuple[str, list[Plot], str]:
         ),
         phase_plot(f"{prefix}phases", it, rows),
     ]
-    body = examples_section(store, it[-1])
+    from alignloop.loop.review import agreement_section  # people beside another judge (judge.type human)
+
+    body = examples_section(store, it[-1]) + agreement_section(root)
     return f"alignloop run: {root.name}", plots, body
 
 

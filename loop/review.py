@@ -233,3 +233,54 @@ def serve(root: Path, port: int = 0) -> None:
         pass
     finally:
         server.server_close()
+
+
+# agreement, for the report -------------------------------------------------------------------------------
+def agreement(root: Path) -> list[dict]:
+    """Per iteration whose samples both people and the other judge judged (a mixed human
+    judge): how many, how often their verdicts agree, and the mean gap between their scores."""
+    from alignloop.loop.store import read_jsonl
+
+    rows = []
+    for other_path in sorted(root.glob("iter-*/review/other.jsonl")):
+        final_path = other_path.parent.parent / "judgments.jsonl"
+        if not final_path.exists():
+            continue  # still waiting for people
+        other = {j.sample_id: j for j in read_jsonl(other_path, Judgment)}
+        pairs = [
+            (j, other[j.sample_id])
+            for j in read_jsonl(final_path, Judgment)
+            if j.judge.startswith("human:") and j.sample_id in other and other[j.sample_id].has_signal
+        ]
+        verdicts = [(a.verdict, b.verdict) for a, b in pairs if a.verdict and b.verdict]
+        gaps = [abs(a.score - b.score) for a, b in pairs if a.score is not None and b.score is not None]
+        if pairs:
+            rows.append(
+                {
+                    "iteration": int(other_path.parent.parent.name.split("-")[1]),
+                    "both": len(pairs),
+                    "verdicts_agree": sum(a == b for a, b in verdicts) / len(verdicts) if verdicts else None,
+                    "mean_score_gap": sum(gaps) / len(gaps) if gaps else None,
+                }
+            )
+    return rows
+
+
+def agreement_section(root: Path) -> str:
+    """The report's table of agreement between people and the other judge ('' without one)."""
+    rows = agreement(root)
+    if not rows:
+        return ""
+
+    def cell(v) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    body = "".join(
+        f"<tr><td>{r['iteration']}</td><td>{r['both']}</td><td>{cell(r['verdicts_agree'])}</td>"
+        f"<td>{cell(r['mean_score_gap'])}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<h2>People and the other judge</h2><table><tr><th>iteration</th><th>judged by both</th>"
+        f"<th>verdicts agree</th><th>mean |score gap|</th></tr>{body}</table>"
+    )

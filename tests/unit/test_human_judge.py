@@ -225,9 +225,9 @@ def test_a_good_judgment_records_its_reviewer():
 
 
 # a run that waits for people ----------------------------------------------------------------------
-def judge_like_a_person(run_dir, reviewer="alice") -> int:
-    """Judge every queued, unjudged sample: long responses are negative, with their first word
-    marked faulty. Returns how many were judged."""
+def judge_like_a_person(run_dir, reviewer="alice", bad_if=None) -> int:
+    """Judge every queued, unjudged sample: long responses (or those `bad_if(queue, sample id)`
+    says) are negative, with their first word marked faulty. Returns how many were judged."""
     n = 0
     for review in sorted(run_dir.glob("iter-*/review")):
         queue = ReviewQueue(review.parent)
@@ -237,7 +237,7 @@ def judge_like_a_person(run_dir, reviewer="alice") -> int:
             if sid in saved or queue.closed:
                 continue
             words = samples[sid].response.split()
-            bad = len(words) > 4
+            bad = bad_if(queue, sid) if bad_if else len(words) > 4
             spans = [Span(start=0, end=len(words[0]), reason="rambles")] if bad and words else None
             critique = "It rambles on." if bad else None
             judgment = Judgment(
@@ -341,16 +341,31 @@ def test_a_mixed_run_judges_the_rest_with_the_other_judge(tmp_path, tiny_model):
     with pytest.raises(WaitingForJudgments) as waiting:
         run_in_process(cfg)
     assert 0 < waiting.value.waiting < 12
-    judge_like_a_person(tmp_path / "mixed")
+
+    def disagree_once(queue, sid):  # the rules' verdict, but not on the first sample people see
+        first = queue.load()["sample_ids"][0]
+        return (queue.other()[sid].verdict == "negative") != (sid == first)
+
+    judge_like_a_person(tmp_path / "mixed", bad_if=disagree_once)
     with pytest.raises(WaitingForJudgments):
         run_in_process(cfg)
-    judge_like_a_person(tmp_path / "mixed")
+    judge_like_a_person(tmp_path / "mixed", bad_if=disagree_once)
     metrics = run_in_process(cfg)
     assert len(metrics) == 2
     judges = [json.loads(line)["judge"] for line in (tmp_path / "mixed" / "iter-0001" / "judgments.jsonl").open()]
     assert set(judges) == {"human:alice", "rules"}
     other = (tmp_path / "mixed" / "iter-0001" / "review" / "other.jsonl").read_text().splitlines()
     assert len(other) == 12  # the rules judged every sample, so agreement can be measured
+
+    from alignloop.loop.review import agreement, agreement_section
+
+    rows = agreement(tmp_path / "mixed")
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert rows[0]["both"] == judges.count("human:alice")
+    # The person gives the rules' verdict but on one sample per iteration.
+    assert all(r["verdicts_agree"] == pytest.approx((r["both"] - 1) / r["both"]) for r in rows)
+    assert "<h2>People and the other judge</h2>" in agreement_section(tmp_path / "mixed")
+    assert agreement_section(tmp_path / "people") == ""
 
 
 # the review page's server and the import --------------------------------------------------------------
