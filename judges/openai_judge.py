@@ -25,6 +25,11 @@ flight halve on a 429 and creep back on success (up to `concurrency`). `limit_sp
 caps what the next judge step may cost (judging.max_cost_usd*): a request that could cost more
 than is left is not sent, and its sample, with every later one, is an error judgment saying so.
 
+`mode: group` (judges/group.py) sends one request per prompt with all its responses and reads
+a judgment per response from it; the request's latency is split over the group's samples, its
+tokens and cost are counted once (usage's `group_requests` and `group_samples` give the cost
+per sample).
+
 Token use, cost and request counts accumulate in `usage()`; the cycle reports them per
 iteration.
 """
@@ -38,7 +43,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -47,6 +52,7 @@ from pydantic_core import PydanticCustomError
 
 from alignloop.judges.budget import COST_CAP_ERROR, AdaptiveSlots, SpendingLimit, limits_for
 from alignloop.judges.cache import JudgmentCache, cache_key, default_cache_path
+from alignloop.judges.group import GroupOptions, group_schema, groups, parse_group, render_group
 from alignloop.judges.prompting import (
     JUDGMENT_SCHEMA,
     Parsed,
@@ -121,6 +127,14 @@ class OpenAIJudgeConfig(BaseModel):
         return v
 
     prompt: PromptOptions = Field(default_factory=PromptOptions, description="Judge prompt and reply parsing.")
+    mode: Literal["sample", "group"] = Field(
+        "sample",
+        description=(
+            "sample: one request per response; group: one per prompt with all its responses (the prompt sent "
+            "once, scores side by side); judging.chunk_size must then be a multiple of sampler.samples_per_prompt."
+        ),
+    )
+    group: GroupOptions = Field(default_factory=GroupOptions, description="The group prompt and rubric (mode: group).")
     response_format: Literal["json_schema", "json_object", "text"] = Field(
         "json_schema",
         description="Structured output to ask for (text: servers without it; the reply is parsed tolerantly).",
@@ -295,6 +309,8 @@ class Usage:
     transport_faults: int = 0  # attempts that failed on the way (HTTP errors, timeouts, drops, empty 200s)
     empty_replies: int = 0  # of those, HTTP 200 replies with nothing the judge model wrote in them
     unparseable_replies: int = 0  # replies the judge model wrote that could not be read, final or asked again
+    group_requests: int = 0  # mode group: groups sent (not from the cache), each one request and its retries
+    group_samples: int = 0  # the samples those groups held: cost per sample = cost_usd / group_samples
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -355,6 +371,8 @@ class OpenAIJudge:
             self._slots.bind()
         self._active += 1
         try:
+            if self.config.mode == "group":
+                return await self.judge_groups(pairs)
             return list(await asyncio.gather(*(self.judge_one(p, s) for p, s in pairs)))
         finally:
             self._active -= 1
@@ -368,6 +386,61 @@ class OpenAIJudge:
         """What calls from now on may spend in all, in USD (None: no limit)."""
         self.spending.reset(usd, self.counts.cost_usd)
 
+    # a group per prompt ----------------------------------------------------------------------
+    async def judge_groups(self, pairs: list[tuple[Prompt, Sample]]) -> list[Judgment]:
+        """One request per prompt's samples; the judgments come back in sample order."""
+        samples = [s for _, s in pairs]
+        index = groups(samples)
+        parts = await asyncio.gather(*(self.judge_group(pairs[g[0]][0], [samples[i] for i in g]) for g in index))
+        out: list[Judgment | None] = [None] * len(samples)
+        for g, part in zip(index, parts):
+            for i, j in zip(g, part):
+                out[i] = j
+        return [j for j in out if j is not None]
+
+    async def judge_group(self, prompt: Prompt, samples: list[Sample]) -> list[Judgment]:
+        """A judgment per sample from one request. A reply that cannot be read, or a request
+        that fails, is an error for every sample; a response the reply leaves out or numbers
+        twice is an error for that sample only. Each sample's judgment is cached on its own."""
+        messages = render_group(self.config.group, self.config.prompt.system, prompt, samples)
+        keys = [cache_key({**self.identity(messages), "response": n}) for n in range(1, len(samples) + 1)]
+        hits = [self.cache.get(key) for key in keys] if self.cache is not None else []
+        if hits and all(h is not None for h in hits):
+            self.counts.cache_hits += len(hits)
+            return [self.judgment(s, h, 0.0) for s, h in zip(samples, hits) if h is not None]
+        k, score_range = len(samples), self.config.prompt.score_range
+        await self._slots.acquire()
+        try:
+            start = time.perf_counter()
+            self.counts.group_requests += 1
+            self.counts.group_samples += k
+            try:
+                items = await self.readable_reply(
+                    messages, lambda text: parse_group(text, k, score_range), group_schema(k), "group_judgment"
+                )
+            except (CallFailed, Unparseable) as e:
+                took = (time.perf_counter() - start) / k
+                return [self.failed(s, e, took) for s in samples]
+        finally:
+            await self._slots.release()
+        took = (time.perf_counter() - start) / k  # the group's one request, split over its samples
+        out = []
+        for s, item, key in zip(samples, items, keys):
+            if isinstance(item, str):
+                out.append(Judgment(sample_id=s.id, judge=self.name, latency_s=took, error=safe_text(item)))
+                continue
+            if self.cache is not None:
+                self.cache.put(key, item)
+            out.append(self.judgment(s, item, took))
+        return out
+
+    def failed(self, sample: Sample, e: Exception, latency: float) -> Judgment:
+        """The error judgment of a call that failed or a reply that cannot be read."""
+        kind = "unparseable judge reply: " if isinstance(e, Unparseable) else ""
+        # CallFailed's text is made of masked, cut parts; a parser's may quote the reply.
+        error = mask_secrets(str(e)) if isinstance(e, CallFailed) else safe_text(f"{kind}{e}")
+        return Judgment(sample_id=sample.id, judge=self.name, latency_s=latency, error=error)
+
     # one sample -----------------------------------------------------------------------------
     async def judge_one(self, prompt: Prompt, sample: Sample) -> Judgment:
         messages = render_messages(self.config.prompt, prompt, sample)
@@ -379,30 +452,27 @@ class OpenAIJudge:
         try:
             start = time.perf_counter()
             try:
-                parsed = await self.readable_reply(messages)
-            except (CallFailed, Unparseable) as e:
-                kind = "unparseable judge reply: " if isinstance(e, Unparseable) else ""
-                return Judgment(
-                    sample_id=sample.id,
-                    judge=self.name,
-                    latency_s=time.perf_counter() - start,
-                    # CallFailed's text is made of masked, cut parts; a parser's may quote the reply.
-                    error=mask_secrets(str(e)) if isinstance(e, CallFailed) else safe_text(f"{kind}{e}"),
+                parsed = await self.readable_reply(
+                    messages, lambda text: parse_judgment(text, self.config.prompt.score_range)
                 )
+            except (CallFailed, Unparseable) as e:
+                return self.failed(sample, e, time.perf_counter() - start)
         finally:
             await self._slots.release()
         if self.cache is not None:
             self.cache.put(key, parsed)
         return self.judgment(sample, parsed, time.perf_counter() - start)
 
-    async def readable_reply(self, messages: list[dict]) -> Parsed:
-        """The parsed reply. An unreadable one is asked for again only when sampling can give a
+    async def readable_reply(
+        self, messages: list[dict], parse: Callable[[str], Any], schema: dict = JUDGMENT_SCHEMA, name: str = "judgment"
+    ) -> Any:
+        """The reply as `parse` reads it (asking for `schema` where structured output is on). An unreadable one is asked for again only when sampling can give a
         different answer (temperature > 0); a reply cut off at max_tokens is not, since the
         same limit would cut it again. The last failure is raised."""
         tries = 1 + (self.config.unparseable_retries if self.config.temperature > 0 else 0)
         for attempt in range(tries):
             try:
-                return parse_judgment(await self.call(messages), self.config.prompt.score_range)
+                return parse(await self.call(messages, schema, name))
             except Unparseable as e:
                 self.counts.unparseable_replies += 1
                 if attempt == tries - 1 or isinstance(e, Truncated):
@@ -430,7 +500,7 @@ class OpenAIJudge:
         }
 
     # the request ----------------------------------------------------------------------------------
-    async def call(self, messages: list[dict]) -> str:
+    async def call(self, messages: list[dict], schema: dict = JUDGMENT_SCHEMA, name: str = "judgment") -> str:
         """The reply text, after as many retries as the config allows, each attempt within
         what is left to spend."""
         attempts = self.config.max_retries + 1
@@ -444,21 +514,21 @@ class OpenAIJudge:
                     "judging.max_cost_usd_per_iteration); it was not sent"
                 )
             try:
-                return await self.call_once(messages, attempt, attempts)
+                return await self.call_once(messages, attempt, attempts, schema, name)
             except _Retry:
                 continue
             finally:
                 self.spending.release(most)
         raise AssertionError("unreachable")
 
-    async def call_once(self, messages: list[dict], attempt: int, attempts: int) -> str:
+    async def call_once(self, messages: list[dict], attempt: int, attempts: int, schema: dict, name: str) -> str:
         """One attempt: the reply text, or _Retry after the back-off, or the final failure."""
         reserved = self.estimate_tokens(messages)
         await self.limits.acquire(reserved)
         epoch = self._slots.epoch
         self.counts.requests += 1
         try:
-            response = await self.attempt(messages)
+            response = await self.attempt(messages, schema, name)
             # Billed even when the message is empty, so counted before it is read.
             self.account(getattr(response, "usage", None), reserved)
             self._slots.succeeded()
@@ -481,7 +551,7 @@ class OpenAIJudge:
             await asyncio.sleep(self.backoff(attempt, retry_after(e)))
             raise _Retry from None
 
-    async def attempt(self, messages: list[dict]):
+    async def attempt(self, messages: list[dict], schema: dict = JUDGMENT_SCHEMA, name: str = "judgment"):
         """One request, within the total deadline: timeout_s bounds each wait for bytes, not
         the whole request, which a server trickling a byte at a time would hold for minutes.
         Its rate-limit headers are followed (a client without raw responses has none to give)."""
@@ -490,8 +560,8 @@ class OpenAIJudge:
         raw = getattr(completions, "with_raw_response", None)
         try:
             if raw is None:
-                return await asyncio.wait_for(completions.create(**self.request(messages)), deadline)
-            reply = await asyncio.wait_for(raw.create(**self.request(messages)), deadline)
+                return await asyncio.wait_for(completions.create(**self.request(messages, schema, name)), deadline)
+            reply = await asyncio.wait_for(raw.create(**self.request(messages, schema, name)), deadline)
         except TimeoutError:
             raise TransportFault(
                 f"the request took longer than its deadline of {deadline:g} s in all (judge.deadline_s)"
@@ -511,7 +581,7 @@ class OpenAIJudge:
         about 4 characters a token, and the longest reply (servers count max_tokens too)."""
         return sum(len(str(m.get("content") or "")) for m in messages) // 4 + self.config.max_tokens
 
-    def request(self, messages: list[dict]) -> dict:
+    def request(self, messages: list[dict], schema: dict = JUDGMENT_SCHEMA, name: str = "judgment") -> dict:
         c = self.config
         kwargs = {
             "model": c.model,
@@ -525,7 +595,7 @@ class OpenAIJudge:
         if c.response_format == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "judgment", "strict": True, "schema": JUDGMENT_SCHEMA},
+                "json_schema": {"name": name, "strict": True, "schema": schema},
             }
         elif c.response_format == "json_object":
             kwargs["response_format"] = {"type": "json_object"}

@@ -347,6 +347,10 @@ def judge_samples(
     """One judgment per sample, in sample order, and the phase's metrics (time, usage). With
     `previous` (an earlier attempt), its successful judgments are kept and only the rest judged."""
     kept = {j.sample_id: j for j in previous or () if j.error is None}
+    if getattr(cfg.judge, "mode", "sample") == "group":
+        # A group's scores are relative to each other: one failed sample sends its whole group again.
+        again = {s.prompt_id for s in samples if s.id not in kept}
+        kept = {s.id: kept[s.id] for s in samples if s.id in kept and s.prompt_id not in again}
     todo = [s for s in samples if s.id not in kept]
     chunks = judge_chunks(cfg, prompts, todo)
     with phase("judging", len(todo), "sample") as bar:

@@ -33,6 +33,11 @@ the first attempt for that sample a 429, the second a 500, later ones succeed) o
 with probability `fault_rate`. Every request is logged with the sample it was for and the
 fault it got, so a test can work out exactly how many requests each sample should cost.
 
+A request holding numbered responses (`<<<BEGIN RESPONSE n digest>>>`, judges/group.py) gets a
+group reply, {"judgments": [...]}, one item per response; `GROUP=missing2`, `GROUP=dup1`,
+`GROUP=bad3` (an item with an unreadable verdict), `GROUP=reverse` (items in reverse order)
+or `GROUP=none` (no list at all) in the instruction shape it.
+
 The verdict is deterministic: a response containing "good" is satisfactory (score 9),
 anything else unsatisfactory (score 3); with `max_words`, a response of at most that many
 words is satisfactory instead (a rule check with an API's latency, for benchmarks).
@@ -55,6 +60,8 @@ FAULTS = ("429", "500", "slow", "drop", "badbody", "badjson", "prose")
 EMPTY_200 = ("empty", "blank", "nochoices", "nullmsg", "emptymsg")
 _SCRIPT = re.compile(r"FAULTS=([\w,]+)")
 _RESPONSE = re.compile(r"<<<BEGIN RESPONSE (\w+)>>>\n(.*?)\n<<<END RESPONSE \1>>>", re.DOTALL)
+_NUMBERED = re.compile(r"<<<BEGIN RESPONSE (\d+) (\w+)>>>\n(.*?)\n<<<END RESPONSE \1 \2>>>", re.DOTALL)
+_GROUP_SCRIPT = re.compile(r"GROUP=(missing|dup|bad|reverse|none)(\d*)")
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,38 @@ def judgment_for(user: str, max_words: int | None = None) -> dict:
     return {"critique": "The response is vague and misses the point.", "verdict": "unsatisfactory", "score": 3}
 
 
+def group_reply(user: str, max_words: int | None = None) -> str | None:
+    """The reply to a group request (None: the request is for one response)."""
+    numbered = _NUMBERED.findall(user)
+    if not numbered:
+        return None
+    items = [
+        {
+            "response": int(n),
+            "quotes": [],
+            **judgment_for(f"<<<BEGIN RESPONSE x>>>\n{text}\n<<<END RESPONSE x>>>", max_words),
+        }
+        for n, _, text in numbered
+    ]
+    script = _GROUP_SCRIPT.search(user.split("<<<BEGIN RESPONSE")[0])  # the instruction's, not a response's
+    how, which = (script.group(1), int(script.group(2) or 0)) if script else ("", 0)
+    if how == "none":
+        return json.dumps({"note": "I compared them."})
+    if how == "missing":
+        items = [i for i in items if i["response"] != which]
+    elif how == "dup":
+        items.append({**items[which - 1], "critique": "Judged again."})
+    elif how == "bad":
+        items[which - 1] = {**items[which - 1], "verdict": "maybe"}
+    elif how == "reverse":
+        items.reverse()
+    return json.dumps({"judgments": items})
+
+
 def reply_content(fault: str, user: str, max_words: int | None = None) -> str:
+    group = group_reply(user, max_words) if fault == "ok" else None
+    if group is not None:
+        return group
     obj = json.dumps(judgment_for(user, max_words))
     return {
         "badjson": obj[: len(obj) // 2],

@@ -365,6 +365,16 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _groups_fit_in_chunks(self) -> RunConfig:
+        k, size = self.sampler.samples_per_prompt, self.judging.chunk_size
+        if getattr(self.judge, "mode", "sample") == "group" and size % k:
+            raise ValueError(
+                f"judge.mode group judges each prompt's {k} responses in one request, so a judge chunk must hold "
+                f"whole groups; set judging.chunk_size to a multiple of sampler.samples_per_prompt (e.g. {k * max(1, size // k)})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _people_judge_in_order(self) -> RunConfig:
         if self.judge.type == "human" and self.asynchronous.max_staleness:
             raise ValueError(
