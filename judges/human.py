@@ -294,7 +294,9 @@ class ReviewQueue:
             return fallback(sample)
 
         judgments = [final(s) for s in samples]
-        metrics = {"n_queued_for_people": len(queued), "n_judged_by_people": len(done), "n_past_quota": waiting}
+        # n_given_fallback: queued samples past the quota or deadline, judged by the fallback (or not at all)
+        metrics: dict[str, float] = {"n_queued_for_people": len(queued), "n_judged_by_people": len(done)}
+        metrics["n_given_fallback"] = waiting
         return judgments, metrics
 
 

@@ -87,11 +87,14 @@ def import_judgments(root: Path, path: Path, reviewer: str | None = None) -> tup
     same (then it is skipped). Returns (saved, skipped)."""
     queues = find_queues(root)
     where: dict[str, tuple[ReviewQueue, Sample]] = {}
-    for queue in queues.values():
+    twice: dict[str, list[str]] = {}  # a sample id in two open queues (two rounds of a series)
+    for name, queue in queues.items():
         if queue.closed:
             continue
         _, samples = queue.samples()
         for sid in queue.load()["sample_ids"]:
+            if sid in where:
+                twice.setdefault(sid, [str(where[sid][0].iter_dir.relative_to(root))]).append(name)
             where[sid] = (queue, samples[sid])
     todo: list[tuple[ReviewQueue, Judgment, str, int]] = []
     skipped = 0
@@ -108,6 +111,10 @@ def import_judgments(root: Path, path: Path, reviewer: str | None = None) -> tup
             if isinstance(raw, dict) and reviewer and "reviewer" not in raw:
                 raw["reviewer"] = reviewer
             sid = raw.get("sample_id") if isinstance(raw, dict) else None
+            if isinstance(sid, str) and sid in twice:
+                raise ReviewError(
+                    f"sample {quote(sid)} waits in {' and '.join(twice[sid])}: import into one of those directories"
+                )
             if isinstance(sid, str) and sid in seen:
                 raise ReviewError(f"sample {quote(sid)} is judged twice in this file (line {seen[sid]} too)")
             queue, sample = where.get(sid, (None, None)) if isinstance(sid, str) else (None, None)

@@ -96,7 +96,7 @@ def test_collect_waits_then_returns_peoples_judgments_in_sample_order(tmp_path):
     for j in judgments:
         assert j.judge == ("human:alice" if j.sample_id in queued else "rules")
     assert judgments[[s.id for s in samples].index(queued[0])].spans == [Span(start=0, end=5, reason="greeting")]
-    assert metrics == {"n_queued_for_people": len(queued), "n_judged_by_people": len(queued), "n_past_quota": 0}
+    assert metrics == {"n_queued_for_people": len(queued), "n_judged_by_people": len(queued), "n_given_fallback": 0}
 
 
 def test_a_later_revision_wins_and_a_stale_one_is_refused(tmp_path):
@@ -165,7 +165,7 @@ def test_quota_and_deadline_hand_the_rest_to_the_fallback(tmp_path):
     queue.save(verdict("s3", reviewer="bob"), "bob", 0)
     judgments, metrics = queue.collect(human(other=RULES, quota=2), samples)
     assert [j.judge for j in judgments] == ["human:alice", "rules", "rules", "human:bob", "rules", "rules"]
-    assert metrics["n_past_quota"] == 4
+    assert metrics["n_given_fallback"] == 4
     unjudged, _ = queue.collect(human(quota=2, fallback="unjudged"), samples)
     assert [j.has_signal for j in unjudged] == [True, False, False, True, False, False]
     late = human(other=RULES, deadline_hours=1)
@@ -467,3 +467,36 @@ def test_an_import_checks_every_line_before_saving_any(tmp_path, capsys):
     assert "already judged by ann" in capsys.readouterr().err
     assert main(["review", str(tmp_path), "--import", str(good)]) == 2
     assert "no review queue" in capsys.readouterr().err
+
+
+def test_a_series_page_lists_every_rounds_queue(tmp_path):
+    from alignloop.loop.review import find_queues, items
+
+    series = tmp_path / "series"
+    (series).mkdir()
+    (series / "series.json").write_text("{}")
+    for round_id in ("2026-12-01", "2026-12-02"):
+        d, samples = iteration(tmp_path / round_id, n=2)
+        target = series / "rounds" / round_id / "iter-0001"
+        target.parent.mkdir(parents=True)
+        d.rename(target)
+        ReviewQueue(target).write(human(), samples, machine(samples))
+    queues = find_queues(series)
+    assert list(queues) == ["rounds/2026-12-01/iter-0001", "rounds/2026-12-02/iter-0001"]
+    assert [(it["queue"][7:17], it["sample_id"]) for it in items(queues)] == [
+        ("2026-12-01", "s0"),
+        ("2026-12-01", "s1"),
+        ("2026-12-02", "s0"),
+        ("2026-12-02", "s1"),
+    ]
+
+
+def test_an_import_into_a_series_refuses_a_sample_two_rounds_wait_for(tmp_path, capsys):
+    from alignloop.loop.cli import main
+
+    test_a_series_page_lists_every_rounds_queue(tmp_path)
+    export = tmp_path / "export.jsonl"
+    export.write_text(json.dumps({"sample_id": "s1", "reviewer": "ann", "verdict": "positive"}) + "\n")
+    assert main(["review", str(tmp_path / "series"), "--import", str(export)]) == 2
+    assert "waits in rounds/2026-12-01/iter-0001 and rounds/2026-12-02/iter-0001" in capsys.readouterr().err
+    assert main(["review", str(tmp_path / "series" / "rounds" / "2026-12-02"), "--import", str(export)]) == 0
