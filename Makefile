@@ -88,9 +88,10 @@ typecheck: install
 reproduce: install
 	$(BIN)/python scripts/reproduce.py
 
-# The real-vLLM tests only (they skip in the main venv, which has no vLLM).
+# The real-vLLM tests only (they skip in the main venv, which has no vLLM): the in-actor engine,
+# then vLLM's OpenAI server as the run's sampler (~5 minutes: two server start-ups).
 test-vllm: vllm-cpu
-	$(VBIN)/python -m pytest -q tests/integration/test_vllm.py
+	$(VBIN)/python -m pytest -q tests/integration/test_vllm.py tests/integration/test_vllm_server.py
 
 # Three nightly rounds of the embedded model (configs/nightly.yaml), one per prompt file of
 # configs/prompts/nightly/; a rerun reports each finished round and trains nothing again.

@@ -70,6 +70,7 @@ class ServerSamplers:
         self.name: str | None = None  # the served adapter's name on every live server
         self.loaded: dict[int, set[str]] = {k: set() for k in range(len(self.servers))}
         self.failures: list[str] = []  # every failure, named: "<url>: <what>"
+        self.probe_gaps: dict[str, float] = {}  # "<url> <name>" -> the probe's mean gap to the learner
         self.strikes = [0] * len(self.servers)  # failed requests in a row, per server
         self._lock = threading.Lock()  # reloads on one server at a time
 
@@ -123,6 +124,7 @@ class ServerSamplers:
             return
         mine = self.reference(PROBE, choice.token_ids)
         gap = sum(abs(a - b) for a, b in zip(choice.logprobs, mine)) / len(mine)
+        self.probe_gaps[f"{self.servers[k].url} {name}"] = gap
         if not gap <= self.opts.logprob_tolerance:  # NaN fails too
             raise AdapterMismatch(
                 f"{self.servers[k].url} serves adapter {name}, but its probe log-probs differ from the learner's by "
