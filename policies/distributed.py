@@ -11,7 +11,7 @@ of what the objective averages over in the whole micro-batch (rows or tokens, co
 the ranks by an all-reduce), so N ranks compute the single learner's loss and gradient up to
 the order of floating-point sums.
 
-This module knows nothing of Ray: loop/roles/learner_group.py places the ranks as actors and
+This module knows nothing of Ray: loop/roles/ray_roles.py (LearnerGroup) places the ranks as actors and
 passes rank 0's address to the others; a test or script can start them with
 torch.multiprocessing instead.
 """

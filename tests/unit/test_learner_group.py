@@ -63,7 +63,7 @@ def test_one_rank_is_the_default_and_ranks_place_packed_unless_asked():
 
 def test_the_learner_group_satisfies_the_learner_role():
     from alignloop.loop.roles import protocols
-    from alignloop.loop.roles.learner_group import LearnerGroup
+    from alignloop.loop.roles.ray_roles import LearnerGroup
     from tests.unit.test_roles import test_implementation_satisfies_protocol
 
     test_implementation_satisfies_protocol(protocols.LearnerRole, LearnerGroup)
