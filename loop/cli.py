@@ -129,9 +129,9 @@ def command(argv: list[str] | None) -> int:
 
 def guarded(work) -> int:
     """Run `work`, turning the errors a user can act on into a message and an exit code."""
-    from alignloop.judges.human import WaitingForJudgments
     from alignloop.loop.data import DataError
     from alignloop.loop.lock import Locked
+    from alignloop.loop.review_queue import WaitingForJudgments
     from alignloop.loop.roles.protocols import ActorLost
     from alignloop.loop.steps import JudgeErrorRate
     from alignloop.policies.model import ModelNotFound

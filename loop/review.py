@@ -6,7 +6,7 @@ does: another user of the machine, or a web page in the reviewer's browser, cann
 responses or post judgments. The page itself is one HTML file with its script and style
 inline (review_page.html, package data): no build step and nothing fetched from elsewhere.
 
-Every save goes through ReviewQueue.save (judges/human.py): a new revision file created by a
+Every save goes through ReviewQueue.save (loop/review_queue.py): a new revision file created by a
 hard link, so a save is atomic and two reviewers never both win the same revision.
 """
 
@@ -21,8 +21,10 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from alignloop.judges.human import Conflict, ReviewError, ReviewQueue, checked
+from alignloop.judges.human import ReviewError, checked
 from alignloop.loop.config import ConfigError
+from alignloop.loop.review_queue import Conflict, ReviewQueue
+from alignloop.loop.store import read_jsonl
 from alignloop.records import Judgment, Sample
 from alignloop.records.secrets import quote
 
@@ -246,8 +248,6 @@ def serve(root: Path, port: int = 0) -> None:
 def agreement(root: Path) -> list[dict]:
     """Per iteration whose samples both people and the other judge judged (a mixed human
     judge): how many, how often their verdicts agree, and the mean gap between their scores."""
-    from alignloop.loop.store import read_jsonl
-
     rows = []
     for other_path in sorted(root.glob("iter-*/review/other.jsonl")):
         final_path = other_path.parent.parent / "judgments.jsonl"

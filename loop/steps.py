@@ -163,7 +163,7 @@ class Steps:
         judge over every sample and the review queue is written; then (and on every rerun) what
         people have judged is collected. WaitingForJudgments stops the run with the step
         unfinished and its metrics kept, so the rerun comes back here and judges nothing twice."""
-        from alignloop.judges.human import ReviewQueue, WaitingForJudgments
+        from alignloop.loop.review_queue import ReviewQueue, WaitingForJudgments
 
         queue = ReviewQueue(self.store.iter_dir(i))
         if not queue.exists():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.judges.human import WaitingForJudgments
 from alignloop.loop.config import validate_config
+from alignloop.loop.review_queue import WaitingForJudgments
 from tests.conftest import tiny_config, write_prompts
 from tests.helpers import ROOT, run_cli, run_in_process, state_of, wait_for, write_config
 
@@ -142,7 +142,7 @@ def test_people_judge_in_a_real_browser_and_cut_learns_their_spans(tmp_path, tin
         driver.quit()
 
     # The rest through the page's API, positive: the one negative is the browser's.
-    from alignloop.judges.human import ReviewQueue
+    from alignloop.loop.review_queue import ReviewQueue
 
     saved = ReviewQueue(run_dir / "iter-0001").saved()
     assert saved[queue[marked]["sample_id"]]["judgment"]["spans"] == [{"start": 0, "end": 3, "reason": ""}]

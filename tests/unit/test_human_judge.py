@@ -9,16 +9,9 @@ import time
 
 import pytest
 
-from alignloop.judges.human import (
-    Conflict,
-    HumanJudgeConfig,
-    ReviewError,
-    ReviewQueue,
-    WaitingForJudgments,
-    checked,
-    for_people,
-)
+from alignloop.judges.human import HumanJudgeConfig, ReviewError, checked, for_people
 from alignloop.loop.config import ConfigError, validate_config
+from alignloop.loop.review_queue import Conflict, ReviewQueue, WaitingForJudgments
 from alignloop.loop.store import write_jsonl
 from alignloop.records import Judgment, Message, Prompt, Sample, Span
 from tests.conftest import tiny_config, write_prompts
