@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alignloop.loop.config import ConfigError
 from alignloop.loop.data import read_records
-from alignloop.loop.store import RunStore
+from alignloop.loop.store import UMASK, RunStore, atomic_write_bytes
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.secrets import quote
 
@@ -44,11 +44,17 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         title, plots, body = run_sections(root)
     else:
         raise ConfigError(f"{root} is neither a run directory (no state.json) nor a series (no series.json)")
+    # The page quotes prompts and responses: it is as private as the run it shows (owner-only
+    # unless the run directory was made with shared_files: true, which leaves it group-readable).
+    private = not root.stat().st_mode & 0o077
+    files = {f"{p.name}.png": p.png for p in plots} | {"report.html": page(title, plots, body).encode("utf-8")}
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for p in plots:
-            (out / f"{p.name}.png").write_bytes(p.png)
-        (out / "report.html").write_text(page(title, plots, body), encoding="utf-8")
+        if private:
+            out.chmod(0o700)
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+            (out / name).chmod(0o600 if private else 0o644 & ~UMASK)
     except OSError as e:  # a parent that is a file, no permission, a full disk
         raise ConfigError(f"--out {out}: cannot write the report there ({e.strerror or e})") from None
     return out / "report.html"

@@ -41,8 +41,8 @@ from alignloop.policies.adapter import WEIGHTS, AdapterPayload
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.secrets import quote
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 _shared = False  # set from the config's shared_files when a run directory is prepared
 R = TypeVar("R", bound=BaseModel)
 
@@ -54,11 +54,11 @@ def share_files(shared: bool) -> None:
 
 
 def file_mode() -> int:
-    return 0o666 & ~_UMASK if _shared else 0o600
+    return 0o666 & ~UMASK if _shared else 0o600
 
 
 def dir_mode() -> int:
-    return 0o777 & ~_UMASK if _shared else 0o700
+    return 0o777 & ~UMASK if _shared else 0o700
 
 
 def make_dirs(path: Path) -> None:
