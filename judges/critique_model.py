@@ -9,15 +9,21 @@ outputs. A 135M judge unconstrained parses almost never (it echoes the prompt's 
 constrained, every reply that ends within max_new_tokens is a judgment, whose content is
 then checked like any other (an echoed placeholder or a verdict its score contradicts is
 still an error).
+
+`mode: group` (judges/group.py) writes one reply per prompt judging all its responses, decoded
+inside the group schema for that many responses (numbers 1..k, k items); a response the reply
+leaves out or numbers twice is an error for that sample only.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from alignloop.judges.group import GroupOptions, group_schema, groups, parse_group, render_group
 from alignloop.judges.local import LocalModelJudge, LocalModelOptions
 from alignloop.judges.prompting import (
     PromptOptions,
@@ -37,7 +43,17 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
     type: Literal["critique_model"] = "critique_model"
     name: str = Field("critique_model", description="Recorded as `judge` on every judgment.")
     prompt: PromptOptions = Field(default_factory=PromptOptions, description="Judge prompt and reply parsing.")
-    max_new_tokens: int = Field(256, gt=0, description="Longest judge reply, in tokens.")
+    max_new_tokens: int = Field(
+        256, gt=0, description="Longest judge reply, in tokens (mode group: the reply judging the whole group)."
+    )
+    mode: Literal["sample", "group"] = Field(
+        "sample",
+        description=(
+            "sample: one reply per response; group: one per prompt judging all its responses side by side "
+            "(judging.chunk_size a multiple of sampler.samples_per_prompt)."
+        ),
+    )
+    group: GroupOptions = Field(default_factory=GroupOptions, description="The group prompt and rubric (mode: group).")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0: greedy).")
     seed: int = Field(0, description="Seeds sampling when temperature > 0.")
     backend: Literal["hf", "vllm"] = Field(
@@ -58,6 +74,10 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
     def reply_schema(self) -> dict | None:
         """The JSON schema the reply is decoded in (None: unconstrained)."""
         return bounded_schema(self.max_critique_chars, self.prompt.score_range) if self.constrained else None
+
+    def group_reply_schema(self, k: int) -> dict | None:
+        """The schema of a reply judging k responses (None: unconstrained)."""
+        return group_schema(k, self.max_critique_chars, self.prompt.score_range) if self.constrained else None
 
     def preflight(self) -> None:
         """Before any actor starts: the vLLM engine this judge asks for is installed, and the
@@ -97,13 +117,22 @@ class TransformersChatGenerator:
         self.tokenizer = load_tokenizer(path)
         self.model = load_model(path, dtype, device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
-        self.constraint = (
-            None
-            if schema is None
-            else SchemaConstraint(
-                self.tokenizer, schema, self.model.get_output_embeddings().weight.shape[0], self.stop_ids
-            )
-        )
+        self.schema = schema  # read at each call: a group's schema depends on how many responses it has
+        self._constraints: dict[str, SchemaConstraint] = {}
+        self.constraint  # noqa: B018 - built now: a tokenizer that cannot write JSON fails at start-up
+
+    @property
+    def constraint(self):
+        """The constraint of the current schema, built once per schema (None: unconstrained)."""
+        from alignloop.policies.constrained import SchemaConstraint
+
+        if self.schema is None:
+            return None
+        key = json.dumps(self.schema, sort_keys=True)
+        if key not in self._constraints:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._constraints[key] = SchemaConstraint(self.tokenizer, self.schema, vocab, self.stop_ids)
+        return self._constraints[key]
 
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         import torch
@@ -119,7 +148,8 @@ class TransformersChatGenerator:
         sampling = temperature > 0
         if sampling:
             torch.manual_seed(seed)
-        processors = [self.constraint.processor(len(ids), width)] if self.constraint else None
+        constraint = self.constraint
+        processors = [constraint.processor(len(ids), width)] if constraint else None
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -160,6 +190,57 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
         super().__init__(config, config.name)
         self.generator = GENERATORS[config.backend](config, resolve_model_path(config.path), self.device)
 
+    async def judge(self, prompts, samples) -> list[Judgment]:
+        """mode group: batch_size groups per generate call, each group whole; else per sample."""
+        if self.config.mode != "group":
+            return await super().judge(prompts, samples)
+        samples = list(samples)
+        index = groups(samples)
+        out: list[Judgment | None] = [None] * len(samples)
+        size = self.config.batch_size
+        for b in range(0, len(index), size):
+            batch = [(prompts[g[0]], [samples[i] for i in g]) for g in index[b : b + size]]
+            parts = await self.in_thread(self.judge_groups_or_error, batch)
+            for g, part in zip(index[b : b + size], parts):
+                for i, j in zip(g, part):
+                    out[i] = j
+        return [j for j in out if j is not None]
+
+    def judge_groups_or_error(self, batch: list[tuple[Prompt, list[Sample]]]) -> list[list[Judgment]]:
+        """A batch that raises costs its samples, as errors."""
+        try:
+            return self.judge_groups(batch)
+        except Exception as e:  # noqa: BLE001 - recorded on each judgment, never a made-up reward
+            return [
+                [Judgment(sample_id=s.id, judge=self.name, error=f"{type(e).__name__}: {e}") for s in ss]
+                for _, ss in batch
+            ]
+
+    def judge_groups(self, batch: list[tuple[Prompt, list[Sample]]]) -> list[list[Judgment]]:
+        """One reply per group, generated together for groups of one size (one schema)."""
+        c = self.config
+        start = time.perf_counter()
+        replies: dict[int, Reply] = {}
+        for k in sorted({len(ss) for _, ss in batch}):
+            which = [n for n, (_, ss) in enumerate(batch) if len(ss) == k]
+            chats = [render_group(c.group, c.prompt.system, batch[n][0], batch[n][1]) for n in which]
+            replies.update(zip(which, self.generate(chats, c.group_reply_schema(k))))
+        took = (time.perf_counter() - start) / sum(len(ss) for _, ss in batch)
+        return [self.group_judgments(ss, replies[n], took) for n, (_, ss) in enumerate(batch)]
+
+    def group_judgments(self, samples: list[Sample], reply: Reply, latency: float) -> list[Judgment]:
+        def error(s: Sample, text: str) -> Judgment:
+            return Judgment(sample_id=s.id, judge=self.name, latency_s=latency, error=text)
+
+        try:
+            items = self.parse(reply, lambda text: parse_group(text, len(samples), self.config.prompt.score_range))
+        except Unparseable as e:
+            return [error(s, f"unparseable judge reply: {e}") for s in samples]
+        return [
+            error(s, item) if isinstance(item, str) else item.judgment(s, self.name, latency)
+            for s, item in zip(samples, items)
+        ]
+
     def judge_batch(self, prompts: list[Prompt], samples: list[Sample]) -> list[Judgment]:
         start = time.perf_counter()
         replies = self.generate([render_messages(self.config.prompt, p, s) for p, s in zip(prompts, samples)])
@@ -175,7 +256,8 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
             )
         return parsed.judgment(sample, self.name, latency)
 
-    def parse(self, reply: Reply):
+    def parse(self, reply: Reply, read=None):
+        """The reply read by `read` (default: one judgment)."""
         c = self.config
         if reply.truncated:
             # Said as what it is: the fix is a setting, and a retry under it would be cut off again.
@@ -184,8 +266,16 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
                 f"the judge's reply was cut off at judge.max_new_tokens ({c.max_new_tokens}) before it "
                 f"ended; raise judge.max_new_tokens{lower}"
             )
-        return parse_judgment(reply.text, c.prompt.score_range)
+        return read(reply.text) if read is not None else parse_judgment(reply.text, c.prompt.score_range)
 
-    def generate(self, chats: list[list[dict]]) -> list[Reply]:
+    def generate(self, chats: list[list[dict]], schema: dict | None = None) -> list[Reply]:
+        """Replies to `chats`, decoded inside `schema` when given (else the judge's own). Both
+        generators read their `schema` at each call; calls take turns (LocalModelJudge's lock)."""
         c = self.config
-        return self.generator.generate(chats, c.max_new_tokens, c.temperature, c.seed)
+        own = self.generator.schema
+        if schema is not None:
+            self.generator.schema = schema
+        try:
+            return self.generator.generate(chats, c.max_new_tokens, c.temperature, c.seed)
+        finally:
+            self.generator.schema = own

@@ -181,3 +181,49 @@ def test_resume_judges_again_the_whole_group_of_a_failed_sample(server, tmp_path
     assert [j.judge for j in judged.judgments] == ["openai"] * K + ["stale"] * K
     assert all(j.error is None for j in judged.judgments) and server.requests == 1
     assert judged.metrics["n_rejudged"] == K
+
+
+# the local critique model ----------------------------------------------------------------------
+
+
+def test_the_critique_model_judges_a_group_in_one_reply_inside_the_group_schema(tiny_model, monkeypatch):
+    """Two prompts of three responses: one chat per prompt, generated with the bounded group
+    schema for k = 3; the reply's items are matched by number (a negative's quotes located as
+    spans), and a reply cut off at max_new_tokens is an error for its whole group."""
+    from alignloop.judges import build_judge
+    from alignloop.policies.model import Reply
+    from tests.helpers import judge_config
+
+    judge = build_judge(
+        judge_config(
+            {"type": "critique_model", "path": str(tiny_model), "device": "cpu", "threads": 1, "constrained": False}
+        )
+    )
+    judge.config = judge.config.model_copy(update={"mode": "group", "constrained": True, "max_critique_chars": 50})
+    item = {"critique": "Fine.", "quotes": [], "verdict": "satisfactory", "score": 9}
+    weak = {"critique": "Vague.", "quotes": ["weak"], "verdict": "unsatisfactory", "score": 2}
+    replies = [
+        Reply(
+            json.dumps({"judgments": [{"response": 3, **item}, {"response": 1, **item}, {"response": 2, **weak}]}),
+            False,
+        ),
+        Reply(json.dumps({"judgments": [{"response": 1, **item}, {"response": 1, **item}]})[:40], True),
+    ]
+    seen = []
+
+    def generate(chats, schema=None):
+        seen.append((chats, schema))
+        return replies[: len(chats)]
+
+    monkeypatch.setattr(judge, "generate", generate)
+    prompts, samples = group_of(["Explain tides.", "Name a prime."], k=3)
+    out = run(judge, prompts, samples)
+    assert [j.sample_id for j in out] == [s.id for s in samples]
+    assert [j.verdict for j in out[:3]] == ["positive", "negative", "positive"]
+    assert out[1].spans and samples[1].response[out[1].spans[0].start : out[1].spans[0].end] == "weak"
+    assert all("cut off at judge.max_new_tokens" in j.error for j in out[3:])
+    ((chats, schema),) = seen
+    assert len(chats) == 2 and "<<<BEGIN RESPONSE 3 " in chats[0][-1]["content"]
+    items = schema["properties"]["judgments"]
+    assert (items["minItems"], items["maxItems"], items["items"]["properties"]["response"]["maximum"]) == (3, 3, 3)
+    assert items["items"]["properties"]["critique"]["maxLength"] == 50
