@@ -13,6 +13,8 @@ samples; a token's log-prob is a pure function of the token and the adapter's ch
     slow     answers after `slow_s` (past the client's timeout)
     drop     closes the connection without answering
     forget   forgets every adapter first (a restarted server), then answers as it now can
+    down     (`down_after(n)`: after n completions) closes every connection, /models too, until `up()`
+             brings it back with no adapters (a server that died and restarted)
 Start-up flags as vLLM's: `lora=False` (no --enable-lora), `runtime=False` (no
 VLLM_ALLOW_RUNTIME_LORA_UPDATING), `max_rank`; `api_key` wants that bearer key; `tamper`
 serves every adapter with other weights than the file's (a wrong adapter behind its name).
@@ -37,18 +39,31 @@ def fake_logprob(token: int, checksum: str | None) -> float:
     return -(((token * 7 + offset) % 50) / 10) - 0.05
 
 
-def fake_tokens(prompt: list[int], seed: int, j: int, max_tokens: int) -> tuple[list[int], str]:
+def fake_tokens(
+    prompt: list[int], seed: int, j: int, max_tokens: int, vocab: tuple[int, int] = (10, 99), stop: int = STOP
+) -> tuple[list[int], str]:
     rng = random.Random(f"{prompt}:{seed}:{j}")
     n = rng.randint(1, max_tokens)
-    ids = [rng.randint(10, 99) for _ in range(n)]
+    ids = [rng.randint(*vocab) for _ in range(n)]
     if n < max_tokens or rng.random() < 0.5:
-        return ids[: max(n - 1, 0)] + [STOP], "stop"
+        return ids[: max(n - 1, 0)] + [stop], "stop"
     return ids, "length"
 
 
 class FakeCompletionsServer:
-    def __init__(self, lora: bool = True, runtime: bool = True, max_rank: int = 16, api_key: str | None = None):
+    def __init__(
+        self,
+        lora: bool = True,
+        runtime: bool = True,
+        max_rank: int = 16,
+        api_key: str | None = None,
+        vocab: tuple[int, int] = (10, 99),
+        stop: int = STOP,
+    ):
         self.lora, self.runtime, self.max_rank, self.api_key = lora, runtime, max_rank, api_key
+        self.vocab, self.stop_id = vocab, stop  # the token ids it samples from, its end-of-turn token
+        self.down = False
+        self.left = -1  # completions it answers before it goes down (-1: no limit)
         self.tamper = False
         self.slow_s = 5.0
         self.adapters: dict[str, tuple[str, str]] = {}  # name -> (path, checksum)
@@ -65,6 +80,15 @@ class FakeCompletionsServer:
     def fail(self, *faults: str) -> None:
         with self.lock:
             self.faults += faults
+
+    def down_after(self, n: int) -> None:
+        self.left = n
+
+    def up(self) -> None:
+        """Back after a restart: answering, with no adapters loaded."""
+        with self.lock:
+            self.adapters.clear()
+            self.down, self.left = False, -1
 
     def stop(self) -> None:
         """Gone: connections are refused from now on."""
@@ -123,8 +147,9 @@ class FakeCompletionsServer:
         checksum = None if model == BASE else self.adapters[model][1]
         choices = []
         for j in range(body.get("n", 1)):
-            ids, finish = fake_tokens(body["prompt"], body.get("seed", 0), j, body.get("max_tokens", 16))
-            if finish == "stop" and STOP not in body.get("stop_token_ids", [STOP]):
+            seed, max_tokens = body.get("seed", 0), body.get("max_tokens", 16)
+            ids, finish = fake_tokens(body["prompt"], seed, j, max_tokens, self.vocab, self.stop_id)
+            if finish == "stop" and self.stop_id not in body.get("stop_token_ids", [self.stop_id]):
                 finish = "length"
             lp = None
             if body.get("logprobs") is not None:
@@ -154,14 +179,26 @@ class FakeCompletionsServer:
                     return False
                 return True
 
+            def _gone(self) -> bool:
+                with server.lock:
+                    if self.path == "/v1/completions" and server.left == 0:
+                        server.down = True
+                    elif self.path == "/v1/completions" and server.left > 0:
+                        server.left -= 1
+                    down = server.down
+                if down:
+                    self.close_connection = True
+                    self.connection.close()
+                return down
+
             def do_GET(self):
-                if not self._authorised():
+                if self._gone() or not self._authorised():
                     return
                 server.log.append((self.path, ""))
                 self._answer(*(server.models() if self.path == "/v1/models" else (404, {"detail": "Not Found"})))
 
             def do_POST(self):
-                if not self._authorised():
+                if self._gone() or not self._authorised():
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 routes = {
