@@ -51,7 +51,7 @@ class JudgmentCache:
         row = self.db.execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        value = json.loads(row[0])  # entries written before quotes existed have none
+        value = json.loads(row[0])  # entries written before quotes (or ranks) existed have none
         return Parsed(**{**value, "quotes": tuple(value.get("quotes", ()))})
 
     def put(self, key: str, parsed: Parsed) -> None:
@@ -61,6 +61,8 @@ class JudgmentCache:
                 "score": parsed.score,
                 "critique": parsed.critique,
                 "quotes": list(parsed.quotes),
+                # Only when set: entries of judges that do not rank stay as they were.
+                **({"rank": parsed.rank} if parsed.rank is not None else {}),
             }
         )
         self.db.execute("INSERT OR REPLACE INTO judgments (key, value) VALUES (?, ?)", (key, value))

@@ -77,7 +77,8 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
 
     def group_reply_schema(self, k: int) -> dict | None:
         """The schema of a reply judging k responses (None: unconstrained)."""
-        return group_schema(k, self.max_critique_chars, self.prompt.score_range) if self.constrained else None
+        bounds = (self.max_critique_chars, self.prompt.score_range)
+        return group_schema(k, *bounds, rank=self.group.rank) if self.constrained else None
 
     def preflight(self) -> None:
         """Before any actor starts: the vLLM engine this judge asks for is installed, and the
@@ -233,7 +234,8 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
             return Judgment(sample_id=s.id, judge=self.name, latency_s=latency, error=text)
 
         try:
-            items = self.parse(reply, lambda text: parse_group(text, len(samples), self.config.prompt.score_range))
+            c = self.config
+            items = self.parse(reply, lambda text: parse_group(text, len(samples), c.prompt.score_range, c.group.rank))
         except Unparseable as e:
             return [error(s, f"unparseable judge reply: {e}") for s in samples]
         return [

@@ -11,10 +11,16 @@ other, which is what GRPO and RLOO compare.
 unparseable for the whole group; one that leaves a response out, numbers one twice, or
 whose item for it cannot be read is an explicit error for that sample only (`GroupItemError`
 text), the others keep their judgments. Items may come in any order: the number decides.
+
+With `rank: true` the judge also ranks the responses (1 = best, each rank once; with two
+responses, a preference) and each judgment records its `rank`, which DPO and IPO pair by
+instead of the scores. Ranks that are not 1..k each once are an error for the whole group: a
+ranking with a gap or a tie says nothing reliable about any of its pairs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -64,6 +70,11 @@ class GroupOptions(BaseModel):
         description="User message; {instruction}, {responses} (numbered, quoted), {rubric} and {k} are replaced.",
     )
     rubric: str = Field(DEFAULT_RUBRIC, description="What each response is judged by, in the judge's words.")
+    rank: bool = Field(
+        False,
+        description="Also rank the responses, 1 = best, each rank once (two responses: a preference); recorded "
+        "as each judgment's rank, which DPO/IPO pair by.",
+    )
 
     @field_validator("template")
     @classmethod
@@ -73,7 +84,15 @@ class GroupOptions(BaseModel):
         return v
 
 
-def group_schema(k: int, max_chars: int | None = None, score_range: tuple[float, float] | None = None) -> dict:
+RANK_INSTRUCTION = (
+    'Also rank the responses against each other: give each item a "rank", 1 for the best response and {k} for '
+    "the worst, each rank once."
+)
+
+
+def group_schema(
+    k: int, max_chars: int | None = None, score_range: tuple[float, float] | None = None, rank: bool = False
+) -> dict:
     """The JSON schema of a group reply for k responses (structured output). Bounded (numbers
     in range, k items, `max_chars` per text) for decoding on a local model, as
     judges/prompting.bounded_schema; unbounded for APIs, whose strict mode may refuse bounds."""
@@ -92,9 +111,11 @@ def group_schema(k: int, max_chars: int | None = None, score_range: tuple[float,
             "verdict": {"type": "string", "enum": ["satisfactory", "unsatisfactory"]},
             "score": score,
         },
-        "required": ["response", "critique", "quotes", "verdict", "score"],
+        "required": ["response", "critique", "quotes", "verdict", "score", *(["rank"] if rank else [])],
         "additionalProperties": False,
     }
+    if rank:
+        item["properties"]["rank"] = number  # 1..k, as the response numbers
     return {
         "type": "object",
         "properties": {
@@ -116,12 +137,17 @@ def render_group(options: GroupOptions, system: str | None, prompt: Prompt, samp
     }
     # One pass, so placeholder-like text inside the prompt or a response is never substituted.
     user = re.sub(r"\{instruction\}|\{responses\}|\{rubric\}|\{k\}", lambda m: fill[m.group(0)], options.template)
+    if options.rank:
+        user += "\n\n" + RANK_INSTRUCTION.replace("{k}", str(len(samples)))
     return [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": user}]
 
 
-def parse_group(text: str, k: int, score_range: tuple[float, float] = (1, 10)) -> list[Parsed | str]:
+def parse_group(
+    text: str, k: int, score_range: tuple[float, float] = (1, 10), rank: bool = False
+) -> list[Parsed | str]:
     """Per response, in number order: its Parsed judgment, or why it has none (left out,
-    numbered twice, unreadable). Unparseable when the reply holds no list of judgments."""
+    numbered twice, unreadable). Unparseable when the reply holds no list of judgments, or,
+    with `rank`, when its ranks are not 1..k each once."""
     items = find_group_items(text)
     if items is None:
         raise Unparseable(f"no JSON object with a list of judgments in the reply: {_snippet(text)}")
@@ -146,7 +172,16 @@ def parse_group(text: str, k: int, score_range: tuple[float, float] = (1, 10)) -
                 out.append(parse_judgment(json.dumps(got[0]), score_range))
             except Unparseable as e:
                 out.append(f"the judge's item for response {n} of {k} cannot be read: {e}")
-    return out
+    return with_ranks(out, found, k) if rank else out
+
+
+def with_ranks(out: list[Parsed | str], found: dict[int, list[Any]], k: int) -> list[Parsed | str]:
+    """The judgments with the ranks of the reply, which must be 1..k each once."""
+    ranks = [found[n][0].get("rank") if len(found.get(n, [])) == 1 else None for n in range(1, k + 1)]
+    numbers = [r if isinstance(r, int) and not isinstance(r, bool) else None for r in ranks]
+    if sorted(x for x in numbers if x is not None) != list(range(1, k + 1)):
+        raise Unparseable(f"the reply's ranks {ranks} are not 1..{k}, each once")
+    return [dataclasses.replace(p, rank=r) if isinstance(p, Parsed) else p for p, r in zip(out, numbers)]
 
 
 def find_group_items(text: str) -> list | None:

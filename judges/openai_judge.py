@@ -415,8 +415,12 @@ class OpenAIJudge:
             self.counts.group_requests += 1
             self.counts.group_samples += k
             try:
+                rank = self.config.group.rank
                 items = await self.readable_reply(
-                    messages, lambda text: parse_group(text, k, score_range), group_schema(k), "group_judgment"
+                    messages,
+                    lambda text: parse_group(text, k, score_range, rank),
+                    group_schema(k, rank=rank),
+                    "group_judgment",
                 )
             except (CallFailed, Unparseable) as e:
                 took = (time.perf_counter() - start) / k

@@ -169,6 +169,7 @@ class Parsed:
     score: float | None
     critique: str | None
     quotes: tuple[str, ...] = ()
+    rank: int | None = None  # among the prompt's responses, from a judge that ranked them (1 = best)
 
     def judgment(self, sample: Sample, judge: str, latency_s: float) -> Judgment:
         """The record, with the quotes of a negative located in the response as spans."""
@@ -182,6 +183,7 @@ class Parsed:
             latency_s=latency_s,
             spans=spans or None,
             unlocated_quotes=unlocated,
+            rank=self.rank,
         )
 
 

@@ -89,6 +89,10 @@ class Judgment(Record):
     # silently). Records written before these fields existed load with the defaults.
     spans: list[Span] | None = None
     unlocated_quotes: int = 0
+    # From a judge that compared the prompt's responses (judge.group.rank; with two responses, a
+    # preference): this sample's place among them, 1 = best. Written only when set, so records
+    # without it are byte for byte as before, and older records load with None.
+    rank: int | None = Field(None, ge=1, exclude_if=lambda v: v is None)
 
     @property
     def has_signal(self) -> bool:

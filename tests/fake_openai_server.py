@@ -36,7 +36,8 @@ fault it got, so a test can work out exactly how many requests each sample shoul
 A request holding numbered responses (`<<<BEGIN RESPONSE n digest>>>`, judges/group.py) gets a
 group reply, {"judgments": [...]}, one item per response; `GROUP=missing2`, `GROUP=dup1`,
 `GROUP=bad3` (an item with an unreadable verdict), `GROUP=reverse` (items in reverse order)
-or `GROUP=none` (no list at all) in the instruction shape it.
+or `GROUP=none` (no list at all) in the instruction shape it. Asked to rank (`"rank"` in the
+request), each item gets its rank by score, ties by number; `GROUP=tie` ranks the first two equal.
 
 The verdict is deterministic: a response containing "good" is satisfactory (score 9),
 anything else unsatisfactory (score 3); with `max_words`, a response of at most that many
@@ -61,7 +62,7 @@ EMPTY_200 = ("empty", "blank", "nochoices", "nullmsg", "emptymsg")
 _SCRIPT = re.compile(r"FAULTS=([\w,]+)")
 _RESPONSE = re.compile(r"<<<BEGIN RESPONSE (\w+)>>>\n(.*?)\n<<<END RESPONSE \1>>>", re.DOTALL)
 _NUMBERED = re.compile(r"<<<BEGIN RESPONSE (\d+) (\w+)>>>\n(.*?)\n<<<END RESPONSE \1 \2>>>", re.DOTALL)
-_GROUP_SCRIPT = re.compile(r"GROUP=(missing|dup|bad|reverse|none)(\d*)")
+_GROUP_SCRIPT = re.compile(r"GROUP=(missing|dup|bad|reverse|none|tie)(\d*)")
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,11 @@ def group_reply(user: str, max_words: int | None = None) -> str | None:
     ]
     script = _GROUP_SCRIPT.search(user.split("<<<BEGIN RESPONSE")[0])  # the instruction's, not a response's
     how, which = (script.group(1), int(script.group(2) or 0)) if script else ("", 0)
+    if 'give each item a "rank"' in user:
+        for r, i in enumerate(sorted(items, key=lambda i: (-i["score"], i["response"])), 1):
+            i["rank"] = r
+        if how == "tie":
+            items[1]["rank"] = items[0]["rank"]
     if how == "none":
         return json.dumps({"note": "I compared them."})
     if how == "missing":

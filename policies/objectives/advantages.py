@@ -94,8 +94,13 @@ def mean_baseline_advantages(examples: list[Example]) -> dict[str, int]:
 
 def _comparable(g: list[Example]) -> tuple[list[Example], list[float], bool]:
     """The rows of one prompt that can be ranked, their keys, and whether the keys are scores.
-    Scores when every row has one; else verdicts (positive 1 > negative 0) of the rows that
-    have one, and then the minimum gap does not apply (a verdict has no scale)."""
+    The judge's ranks when every row has one (a judge that compared the responses said which
+    is better: that order, not scores judged apart); else scores when every row has one; else
+    verdicts (positive 1 > negative 0) of the rows that have one. The minimum gap applies to
+    scores only (a rank or a verdict has no scale)."""
+    ranks = [e.judgment.rank for e in g if e.judgment.rank is not None]
+    if g and len(ranks) == len(g):
+        return g, [-float(r) for r in ranks], False
     scores = [e.judgment.score for e in g if e.judgment.score is not None]
     if len(scores) == len(g):
         return g, scores, True
