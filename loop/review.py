@@ -121,7 +121,7 @@ def import_judgments(root: Path, path: Path, reviewer: str | None = None) -> tup
                 raise ReviewError(f"sample {quote(sid)} is judged twice in this file (line {seen[sid]} too)")
             queue, sample = where.get(sid, (None, None)) if isinstance(sid, str) else (None, None)
             judgment, who, _ = checked(raw, {sid: sample} if sample is not None else {})
-        except (ValueError, ReviewError) as e:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError, ReviewError) as e:  # json.JSONDecodeError is a ValueError
             raise ConfigError(f"{path}:{n}: {e}") from None
         assert queue is not None
         seen[judgment.sample_id] = n
@@ -206,7 +206,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             self.json(HTTPStatus.OK, {"saved": save(self.server.queues, raw)})
         except Conflict as e:
             self.json(HTTPStatus.CONFLICT, {"error": str(e), "current": e.current})
-        except (ValueError, ReviewError, ConfigError) as e:
+        except (ValueError, RecursionError, ReviewError, ConfigError) as e:
             self.json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
 
     def json(self, status: HTTPStatus, body: dict) -> None:

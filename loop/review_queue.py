@@ -94,9 +94,14 @@ class ReviewQueue:
         return (self.iter_dir / "judgments.jsonl").exists()
 
     def samples(self) -> tuple[dict[str, Prompt], dict[str, Sample]]:
-        prompts = {p.id: p for p in read_jsonl(self.iter_dir / "prompts.jsonl", Prompt)}
-        samples = {s.id: s for s in read_jsonl(self.iter_dir / "samples.jsonl", Sample)}
-        return prompts, samples
+        """The iteration's prompts and samples by id; a missing or damaged file is a ConfigError naming it."""
+        out: list[dict] = []
+        for name, cls in (("prompts.jsonl", Prompt), ("samples.jsonl", Sample)):
+            try:
+                out.append({r.id: r for r in read_jsonl(self.iter_dir / name, cls)})
+            except (OSError, ValueError) as e:  # a pydantic ValidationError is a ValueError
+                raise ConfigError(f"{self.iter_dir / name}: cannot be read ({type(e).__name__})") from None
+        return out[0], out[1]
 
     # people's judgments -----------------------------------------------------------------------
     def saved(self) -> dict[str, dict]:

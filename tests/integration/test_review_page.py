@@ -201,3 +201,23 @@ def test_a_run_waits_collects_from_the_page_and_a_file_and_survives_a_kill(tmp_p
     assert len(by_judge["human:tool"]) == 6 and len(by_judge["human:ann"]) == 6
     assert all(j["critique"] == "Too short." and j["verdict"] == "negative" for j in by_judge["human:tool"])
     assert json.loads((run_dir / "iter-0001" / "metrics.json").read_text())["n_judged_by_people"] == 12
+
+
+def test_a_nightly_round_waits_for_people_and_the_same_command_finishes_it(tmp_path, tiny_model):
+    from tests.integration.test_rounds import nightly, prompt_file, round_
+
+    data = prompt_file(tmp_path / "night" / "prompts.jsonl", "n")
+    config = nightly(tmp_path, tiny_model, "series", str(data), judge={"type": "human"}, tracking={"backends": []})
+    code, out, summary = round_(config, "r1")
+    assert code == 8 and summary["code"] == 8, out
+    assert "waiting: 12 of 12 queued sample(s) wait" in out and "alignloop review" in out
+    series = tmp_path / "series"
+    queue = queued(series / "rounds" / "r1")
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(json.dumps({"sample_id": q["sample_id"], "score": 1.0}) + "\n" for q in queue))
+    imported = run_cli("review", str(series), "--import", str(export), "--reviewer", "night-shift")
+    assert imported.returncode == 0 and "imported 12 judgment(s)" in imported.stdout, imported.stderr
+    code, out, summary = round_(config, "r1")
+    assert code == 0 and summary["code"] == 0, out
+    judgments = (series / "rounds" / "r1" / "iter-0001" / "judgments.jsonl").read_text().splitlines()
+    assert {json.loads(line)["judge"] for line in judgments} == {"human:night-shift"} and len(judgments) == 12

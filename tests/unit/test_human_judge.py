@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -376,6 +377,16 @@ def page(tmp_path):
     server.server_close()
 
 
+def http_status(request) -> int:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def call(url, body=None, headers=None):
     """(status, body) of a GET, or of a POST of `body` as JSON."""
     import urllib.error
@@ -415,6 +426,11 @@ def test_the_page_saves_refuses_and_reports_conflicts(page):
     assert call(api, {**good, "queue": "iter-0009"})[0] == 400
     status, body = call(api, {**good, "spans": [{"start": 0, "end": 500}]})
     assert status == 400 and "runs past the response" in json.loads(body)["error"]
+    for raw in (b"", b"not json", b"[" * 100_000, b"\xff\xfe"):
+        request = urllib.request.Request(api, raw)
+        assert http_status(request) == 400
+    too_big = urllib.request.Request(api, b"{}", headers={"Content-Length": str(2 << 20)})
+    assert http_status(too_big) == 413
     status, body = call(base + "api/items?token=" + page.token)
     listed = {it["sample_id"]: it for it in json.loads(body)["items"]}
     assert listed["s2"]["saved"]["judgment"]["spans"] == [{"start": 0, "end": 5, "reason": ""}]
@@ -443,6 +459,8 @@ def test_an_import_checks_every_line_before_saving_any(tmp_path, capsys):
         ("[1]\n", ":1: expected a JSON object"),
         (json.dumps(lines[0]) + "\n" + json.dumps(lines[0]) + "\n", ":2: sample 's0' is judged twice"),
         (json.dumps(lines[1]) + "\n", ":1: reviewer: Field required"),
+        ("[" * 100_000 + "\n", ":1: maximum recursion depth"),
+        ('{"sample_id": "s0", "reviewer": "a", "verdict": "negative", "spans": "x"}\n', ":1: spans: Input should be"),
     ]:
         bad.write_text(text)
         assert main(["review", run, "--import", str(bad)]) == 2
