@@ -15,8 +15,11 @@ RESUMABLE_CHANGES = ("iterations", "ray", "tracking")
 PLACEMENT_FIELDS = {
     "sampler": ("replicas", "num_cpus", "num_gpus", "resources"),
     "judging": ("actors", "in_flight", "num_cpus", "num_gpus", "resources", "streaming"),
-    "learner": ("num_cpus", "num_gpus", "resources"),
+    "learner": ("num_cpus", "num_gpus", "resources", "placement"),
 }
+# learner.ranks and learner.shard_base are not among them: N ranks sum each step's gradients in
+# another order than one learner, equal within 1e-5 but not bit for bit, and a resumed run
+# must end with the artifacts of an uninterrupted one.
 
 
 def resume_conflicts(saved: dict, config: RunConfig) -> list[str]:
@@ -29,12 +32,16 @@ def resume_conflicts(saved: dict, config: RunConfig) -> list[str]:
         saved = redact(RunConfig.model_validate(saved).model_dump(mode="json"))
     except ValidationError:
         pass  # a config this version cannot read: compare as saved, field by field
-    keys = sorted(set(saved) | set(new))
-    return [
-        k
-        for k in keys
-        if k not in RESUMABLE_CHANGES and without_placement(k, saved.get(k)) != without_placement(k, new.get(k))
-    ]
+    conflicts = []
+    for k in sorted(set(saved) | set(new)):
+        before, now = without_placement(k, saved.get(k)), without_placement(k, new.get(k))
+        if k in RESUMABLE_CHANGES or before == now:
+            continue
+        if isinstance(before, dict) and isinstance(now, dict):  # name the field, not just its section
+            conflicts += [f"{k}.{f}" for f in sorted(set(before) | set(now)) if before.get(f) != now.get(f)]
+        else:
+            conflicts.append(k)
+    return conflicts
 
 
 def without_placement(section: str, value):

@@ -103,4 +103,4 @@ def test_a_run_saved_before_the_vllm_option_existed_resumes_without_conflict():
     del saved["sampler"]["vllm"]  # as config.yaml was written before sampler.vllm existed
     assert resume_conflicts(saved, cfg) == []
     saved["sampler"]["temperature"] = 0.5
-    assert resume_conflicts(saved, cfg) == ["sampler"]
+    assert resume_conflicts(saved, cfg) == ["sampler.temperature"]
