@@ -74,6 +74,11 @@ def command(argv: list[str] | None) -> int:
         "--fresh-optimizer", action="store_true", help="start the optimizer afresh (round.fresh_optimizer)"
     )
     rnd.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end (for schedulers)")
+    rnd.add_argument(
+        "--rollback",
+        metavar="ROUND",
+        help="promote an earlier promoted round again: round.serve's endpoints, then `current` (nothing is trained)",
+    )
 
     report = sub.add_parser("report", help="an HTML page with plots of a run directory or a series")
     report.add_argument("run_dir")
@@ -107,6 +112,8 @@ def command(argv: list[str] | None) -> int:
         if args.command == "round":
             # `--round ""` is a bad id, refused by the series, not today's date
             today = time.strftime("%Y-%m-%d", time.gmtime())
+            if args.rollback is not None:
+                return run_round(cfg, args.rollback, args.json, rollback=True)
             return run_round(cfg, today if args.round_id is None else args.round_id, args.json)
         if args.resume and args.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
@@ -169,15 +176,17 @@ def review_command(args) -> int:
     return Exit.OK
 
 
-def run_round(cfg, round_id: str, as_json: bool) -> int:
-    """The round, its message, and with `as_json` its one JSON line, printed whatever happened
-    (a crash's line says code 1 before the traceback)."""
+def run_round(cfg, round_id: str, as_json: bool, rollback: bool = False) -> int:
+    """The round (or with `rollback` its promotion again), its message, and with `as_json` its
+    one JSON line, printed whatever happened (a crash's line says code 1 before the traceback)."""
     from alignloop.loop.api import run_round as run_one_round
+    from alignloop.loop.series import rollback as rollback_round
 
+    work = rollback_round if rollback else run_one_round
     result: list = []
     code: int = Exit.CRASH
     try:
-        code = guarded(lambda: result.append(run_one_round(cfg, round_id)))
+        code = guarded(lambda: result.append(work(cfg, round_id)))
         if result:
             code = result[0].code
             print(mask_secrets(result[0].message), file=sys.stderr if code else sys.stdout)

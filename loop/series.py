@@ -7,6 +7,8 @@
         eval-before/ eval-after/   samples.jsonl judgments.jsonl metrics.json of the gate
     runs/<name>/eval-cache/<key>/  the eval of an adapter, computed once (key: adapter + eval setup)
     runs/<name>/current            symlink to the promoted adapter directory, switched atomically
+    runs/<name>/served.json        round.serve: what each endpoint serves (current and previous round)
+    runs/<name>/rollback.json      after `alignloop round CFG --rollback ID`: the round current is back at
 
 A round starts from the promoted adapter and its optimizer state; its iteration i is the
 series' iteration base + i, so a series of one-iteration rounds is one run of as many
@@ -128,8 +130,29 @@ class Series:
         self.save(rounds + [entry])
 
     def promoted(self) -> RoundEntry | None:
-        """The round whose adapter `current` points at (the latest promoted one)."""
-        return next((r for r in reversed(self.rounds()) if r.status == "promoted"), None)
+        """The round whose adapter `current` points at: the latest promoted one, unless a
+        rollback re-promoted an earlier one since (and no round was promoted after it)."""
+        rounds = self.rounds()
+        latest = next((r for r in reversed(rounds) if r.status == "promoted"), None)
+        pin = self.rollback_pin()
+        if latest is not None and pin is not None and pin.get("replaces") == latest.id:
+            return next((r for r in rounds if r.id == pin.get("round") and r.status == "promoted"), latest)
+        return latest
+
+    @property
+    def rollback_path(self) -> Path:
+        return self.root / "rollback.json"
+
+    def rollback_pin(self) -> dict | None:
+        if not self.rollback_path.exists():
+            return None
+        try:
+            pin = json.loads(self.rollback_path.read_text())
+        except ValueError:
+            pin = None
+        if not isinstance(pin, dict):
+            raise ConfigError(f"{self.rollback_path}: damaged (not a JSON object); remove it to follow series.json")
+        return pin
 
     def iterations_done(self) -> int:
         return sum(r.iterations for r in self.rounds() if r.status != "running")
@@ -183,6 +206,7 @@ class RoundResult:
     code: int
     message: str
     entry: RoundEntry | None = None
+    served: dict | None = None  # round.serve: what each endpoint serves now (served.json)
 
     def summary(self) -> dict:
         e = self.entry
@@ -204,6 +228,7 @@ class RoundResult:
                 if e
                 else {}
             ),
+            **({"served": self.served} if self.served is not None else {}),
         }
 
 
@@ -395,10 +420,13 @@ class Round:
         e.adapter_version, e.adapter_sha256 = payload.version, payload.checksum
         adapter_dir = RunStore(self.dir).iter_dir(self.cfg.iterations) / "adapter"
         e.adapter_dir = os.path.relpath(adapter_dir, self.series.root)
+        previous = self.series.promoted()
         if promote:
             self.series.promote(adapter_dir)
         e.status, e.finished = ("promoted" if promote else "rejected"), _now()
         self.series.put(e)
+        if promote and self.cfg.round.serve is not None:  # a rejected round changes nothing served
+            return serve_round(self.series, self.cfg, e, previous, f"round {e.id}: {e.verdict}")
         return RoundResult(e.exit_code, f"round {e.id}: {e.verdict}", e)
 
 
@@ -466,3 +494,73 @@ def _jsonl(records) -> bytes:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# serving and rollback (round.serve) -------------------------------------------------------------
+def serve_round(
+    series: Series, cfg: RunConfig, entry: RoundEntry, previous: RoundEntry | None, message: str
+) -> RoundResult:
+    """Load the promoted round on round.serve's endpoints (the one it replaces as previous). An
+    endpoint that fails leaves the round promoted and stops with exit 7 and the command that
+    serves it again."""
+    from alignloop.loop.serving import ServeError, serve
+
+    assert cfg.round.serve is not None and entry.adapter_dir is not None
+    before = (previous.id, series.root / previous.adapter_dir) if previous and previous.adapter_dir else None
+    if before is not None and before[0] == entry.id:
+        before = None
+    try:
+        record = serve(cfg.round.serve, series.root, (entry.id, series.root / entry.adapter_dir), before)
+    except ServeError as e:
+        return RoundResult(
+            Exit.ACTOR_LOST,
+            f"{message}; serving it failed ({e}); once the endpoints answer, serve it with "
+            f"`alignloop round CONFIG --rollback {entry.id}`",
+            entry,
+            served_record_of(series),
+        )
+    return RoundResult(
+        PROMOTED, f"{message}; served as {record['name']} at {len(record['endpoints'])} endpoint(s)", entry, record
+    )
+
+
+def served_record_of(series: Series) -> dict | None:
+    from alignloop.loop.serving import served_record
+
+    return served_record(series.root)
+
+
+def rollback(cfg: RunConfig, round_id: str) -> RoundResult:
+    """Re-promote round `round_id` (promoted before): the endpoints first (round.serve, the
+    round it replaces kept as previous), then `current`, then rollback.json, so `current`
+    never points at what the endpoints do not serve. The next round starts from it."""
+    check_round_id(round_id)
+    series = Series(cfg.series_dir)
+    if not series.path.exists():
+        raise ConfigError(f"{series.root}: no series here (no series.json); nothing to roll back")
+    with DirLock(series.root, "series"):
+        rounds = series.rounds()
+        entry = series.get(round_id)
+        promoted = [r.id for r in rounds if r.status == "promoted"]
+        if entry is None or entry.status != "promoted" or entry.adapter_dir is None:
+            what = "no such round" if entry is None else f"its status is {entry.status}"
+            raise ConfigError(
+                f"--rollback {round_id}: only a round that was promoted can be promoted again ({what}); "
+                f"promoted rounds: {', '.join(promoted) or 'none'}"
+            )
+        now = series.promoted()
+        message = f"rolled back: current is round {round_id} (v{entry.adapter_version}) again"
+        if now is not None and now.id == round_id:
+            message = f"round {round_id} is current already"
+        if cfg.round.serve is not None:
+            result = serve_round(series, cfg, entry, now, message)
+            if result.code != PROMOTED:
+                result.message = result.message.replace(
+                    "; serving it failed", "; current not changed: serving it failed"
+                )
+                return result
+        else:
+            result = RoundResult(PROMOTED, message, entry)
+        series.promote(series.root / entry.adapter_dir)
+        atomic_write_text(series.rollback_path, json.dumps({"round": round_id, "replaces": promoted[-1]}) + "\n")
+        return result

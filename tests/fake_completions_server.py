@@ -120,7 +120,7 @@ class FakeCompletionsServer:
         name, path = body.get("lora_name"), Path(str(body.get("lora_path")))
         if not self.lora:
             return 500, _error("LoRA is not enabled. Use --enable-lora to enable LoRA.")
-        if name in self.adapters:
+        if name in self.adapters and not body.get("load_inplace"):
             return 400, _error(f"The lora adapter '{name}' has already been loaded.")
         try:
             config = json.loads((path / "adapter_config.json").read_text())

@@ -105,8 +105,11 @@ class ServerClient:
     def model_ids(self) -> set[str]:
         return {str(m.get("id")) for m in self.models()}
 
-    def load_lora(self, name: str, path: str) -> None:
-        self._call("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": path})
+    def load_lora(self, name: str, path: str, inplace: bool = False) -> None:
+        """Load the adapter at `path` as `name`; `inplace` replaces what `name` serves (vLLM keys
+        its prefix cache by name and path, so a new path never reuses the old weights' blocks)."""
+        body = {"lora_name": name, "lora_path": path, **({"load_inplace": True} if inplace else {})}
+        self._call("POST", "/load_lora_adapter", body)
 
     def unload_lora(self, name: str) -> None:
         self._call("POST", "/unload_lora_adapter", {"lora_name": name})
