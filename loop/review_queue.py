@@ -74,6 +74,17 @@ class ReviewQueue:
         atomic_write_text(self.queue_path, json.dumps(queue, indent=1) + "\n")
         return ids
 
+    def failed_other(self, samples: list[Sample]) -> list[Judgment] | None:
+        """The other judge's judgments in sample order when it failed on a sample people do not
+        judge (the error budget stopped the run): the rerun judges those again. None otherwise."""
+        other, queued = self.other(), set(self.load()["sample_ids"])
+        if not any(j.error for sid, j in other.items() if sid not in queued):
+            return None
+        return [other[s.id] for s in samples]
+
+    def rewrite_other(self, other: list[Judgment]) -> None:
+        write_jsonl(self.root / "other.jsonl", other)
+
     def load(self) -> dict:
         try:
             queue = json.loads(self.queue_path.read_text(encoding="utf-8"))

@@ -166,9 +166,16 @@ class Steps:
         from alignloop.loop.review_queue import ReviewQueue, WaitingForJudgments
 
         queue = ReviewQueue(self.store.iter_dir(i))
-        if not queue.exists():
-            other, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples)
-            queue.write(self.cfg.judge, samples, other)
+        failed = queue.failed_other(samples) if queue.exists() else None
+        if not queue.exists() or failed is not None:  # the first time, or again where it failed
+            other, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples, failed)
+            for k, v in metrics.items():  # every request counts, the failed attempt's too
+                if failed is not None and is_spending(k):
+                    extra[k] = extra.get(k, 0) + v
+            if failed is None:
+                queue.write(self.cfg.judge, samples, other)
+            else:
+                queue.rewrite_other(other)
             metrics = merge_metrics({k: v for k, v in metrics.items() if k not in extra}, extra)
         try:
             judgments, review = queue.collect(self.cfg.judge, samples)

@@ -511,3 +511,37 @@ def test_an_import_into_a_series_refuses_a_sample_two_rounds_wait_for(tmp_path, 
     assert main(["review", str(tmp_path / "series"), "--import", str(export)]) == 2
     assert "waits in rounds/2026-12-01/iter-0001 and rounds/2026-12-02/iter-0001" in capsys.readouterr().err
     assert main(["review", str(tmp_path / "series" / "rounds" / "2026-12-02"), "--import", str(export)]) == 0
+
+
+OUTAGE = [True]  # OutageJudge fails on every sample while this holds
+
+
+class OutageJudge:
+    """The other judge of a mixed set-up during an outage the user later fixes."""
+
+    def __init__(self):
+        self.name = "outage"
+
+    async def judge(self, prompts, samples):
+        if OUTAGE[0]:
+            return [Judgment(sample_id=s.id, judge=self.name, error="HTTP 503") for s in samples]
+        return [Judgment(sample_id=s.id, verdict="positive", score=1.0, judge=self.name) for s in samples]
+
+
+def test_the_other_judges_failures_are_judged_again_on_the_rerun(tmp_path, tiny_model):
+    from alignloop.loop.steps import JudgeErrorRate
+
+    OUTAGE[0] = True
+    other = {"type": "python", "target": "tests.unit.test_human_judge:OutageJudge"}
+    cfg = people_config(tmp_path, tiny_model, "outage", other=other, share=0.5).model_copy(update={"iterations": 1})
+    with pytest.raises(WaitingForJudgments):
+        run_in_process(cfg)
+    judge_like_a_person(tmp_path / "outage")
+    with pytest.raises(JudgeErrorRate):  # people are done; the other judge failed on the rest
+        run_in_process(cfg)
+    OUTAGE[0] = False
+    run_in_process(cfg)
+    d = tmp_path / "outage" / "iter-0001"
+    judges = [json.loads(line)["judge"] for line in (d / "judgments.jsonl").open()]
+    assert set(judges) == {"human:alice", "outage"}
+    assert not [line for line in (d / "review" / "other.jsonl").open() if '"error":null' not in line]
