@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 
 from alignloop.judges.prompting import Parsed
+from alignloop.records import CriterionJudgment
 
 
 def default_cache_path() -> Path:
@@ -51,8 +52,9 @@ class JudgmentCache:
         row = self.db.execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        value = json.loads(row[0])  # entries written before quotes (or ranks) existed have none
-        return Parsed(**{**value, "quotes": tuple(value.get("quotes", ()))})
+        value = json.loads(row[0])  # entries written before quotes (ranks, criteria) existed have none
+        criteria = tuple(CriterionJudgment(**c) for c in value.get("criteria", ()))
+        return Parsed(**{**value, "quotes": tuple(value.get("quotes", ())), "criteria": criteria})
 
     def put(self, key: str, parsed: Parsed) -> None:
         value = json.dumps(
@@ -63,6 +65,7 @@ class JudgmentCache:
                 "quotes": list(parsed.quotes),
                 # Only when set: entries of judges that do not rank stay as they were.
                 **({"rank": parsed.rank} if parsed.rank is not None else {}),
+                **({"criteria": [c.model_dump() for c in parsed.criteria]} if parsed.criteria else {}),
             }
         )
         self.db.execute("INSERT OR REPLACE INTO judgments (key, value) VALUES (?, ?)", (key, value))

@@ -33,6 +33,7 @@ from alignloop.judges.prompting import (
     parse_judgment,
     render_messages,
 )
+from alignloop.judges.rubric import parse_rubric, rubric_schema
 from alignloop.policies.model import Reply
 from alignloop.policies.vllm_engine import VLLMEngineOptions
 from alignloop.records import Judgment, Prompt, Sample
@@ -72,8 +73,12 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
     )
 
     def reply_schema(self) -> dict | None:
-        """The JSON schema the reply is decoded in (None: unconstrained)."""
-        return bounded_schema(self.max_critique_chars, self.prompt.score_range) if self.constrained else None
+        """The JSON schema the reply is decoded in (None: unconstrained): one verdict, or a rubric's."""
+        if not self.constrained:
+            return None
+        if self.prompt.criteria:
+            return rubric_schema(self.prompt.criteria, self.max_critique_chars, self.prompt.score_range)
+        return bounded_schema(self.max_critique_chars, self.prompt.score_range)
 
     def group_reply_schema(self, k: int) -> dict | None:
         """The schema of a reply judging k responses (None: unconstrained)."""
@@ -96,6 +101,15 @@ class CritiqueModelJudgeConfig(LocalModelOptions):
             schema = self.reply_schema()
             assert schema is not None  # constrained
             preflight(self.path, schema)
+
+    @model_validator(mode="after")
+    def _criteria_judge_one_response(self) -> CritiqueModelJudgeConfig:
+        if self.mode == "group" and self.prompt.criteria:
+            raise ValueError(
+                "judge.prompt.criteria judge one response at a time; with mode: group, put the rubric in "
+                "judge.group.rubric, or remove the criteria"
+            )
+        return self
 
     @model_validator(mode="after")
     def _vllm_options_need_vllm(self) -> CritiqueModelJudgeConfig:
@@ -268,7 +282,11 @@ class CritiqueModelJudge(LocalModelJudge[CritiqueModelJudgeConfig]):
                 f"the judge's reply was cut off at judge.max_new_tokens ({c.max_new_tokens}) before it "
                 f"ended; raise judge.max_new_tokens{lower}"
             )
-        return read(reply.text) if read is not None else parse_judgment(reply.text, c.prompt.score_range)
+        if read is not None:
+            return read(reply.text)
+        if c.prompt.criteria:
+            return parse_rubric(reply.text, c.prompt.criteria, c.prompt.score_range)
+        return parse_judgment(reply.text, c.prompt.score_range)
 
     def generate(self, chats: list[list[dict]], schema: dict | None = None) -> list[Reply]:
         """Replies to `chats`, decoded inside `schema` when given (else the judge's own). Both

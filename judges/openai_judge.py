@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from alignloop.judges.budget import COST_CAP_ERROR, AdaptiveSlots, SpendingLimit, limits_for
@@ -62,6 +62,7 @@ from alignloop.judges.prompting import (
     parse_judgment,
     render_messages,
 )
+from alignloop.judges.rubric import parse_rubric, rubric_schema
 from alignloop.records import Judgment, Prompt, Sample
 from alignloop.records.errors import ConfigError
 from alignloop.records.secrets import env_secret, looks_like_a_key, mask_secrets, quote, register_secret
@@ -135,6 +136,16 @@ class OpenAIJudgeConfig(BaseModel):
         ),
     )
     group: GroupOptions = Field(default_factory=GroupOptions, description="The group prompt and rubric (mode: group).")
+
+    @model_validator(mode="after")
+    def _criteria_judge_one_response(self) -> OpenAIJudgeConfig:
+        if self.mode == "group" and self.prompt.criteria:
+            raise ValueError(
+                "judge.prompt.criteria judge one response at a time; with mode: group, put the rubric in "
+                "judge.group.rubric, or remove the criteria"
+            )
+        return self
+
     response_format: Literal["json_schema", "json_object", "text"] = Field(
         "json_schema",
         description="Structured output to ask for (text: servers without it; the reply is parsed tolerantly).",
@@ -456,9 +467,7 @@ class OpenAIJudge:
         try:
             start = time.perf_counter()
             try:
-                parsed = await self.readable_reply(
-                    messages, lambda text: parse_judgment(text, self.config.prompt.score_range)
-                )
+                parsed = await self.readable_reply(messages, *self.reads())
             except (CallFailed, Unparseable) as e:
                 return self.failed(sample, e, time.perf_counter() - start)
         finally:
@@ -483,6 +492,17 @@ class OpenAIJudge:
                     raise
                 self.counts.unparseable_retries += 1
         raise AssertionError("unreachable")
+
+    def reads(self) -> tuple[Callable[[str], Parsed], dict, str]:
+        """How a one-response reply is read, and the schema asked for: one verdict, or a rubric's."""
+        options = self.config.prompt
+        if options.criteria:
+            return (
+                lambda text: parse_rubric(text, options.criteria, options.score_range),
+                rubric_schema(options.criteria),
+                "rubric_judgment",
+            )
+        return lambda text: parse_judgment(text, options.score_range), JUDGMENT_SCHEMA, "judgment"
 
     def judgment(self, sample: Sample, parsed: Parsed, latency: float) -> Judgment:
         return parsed.judgment(sample, self.name, latency)

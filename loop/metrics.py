@@ -32,7 +32,21 @@ def judgment_metrics(judgments: list[Judgment]) -> dict:
         # own cut_negatives_with_spans counts only the negatives it trained on
         "judged_negatives_with_spans": sum(bool(j.spans) for j in negatives) / len(negatives) if negatives else None,
         "unlocated_quotes": sum(j.unlocated_quotes for j in judgments),
+        **criterion_metrics(judgments),
     }
+
+
+def criterion_metrics(judgments: list[Judgment]) -> dict:
+    """A rubric judge's criteria, each tracked on its own: pass rate and mean score per
+    criterion (none for judges without criteria, so their metrics are as before)."""
+    out: dict = {}
+    parts = [c for j in judgments if j.error is None for c in j.criteria or ()]
+    for name in dict.fromkeys(c.name for c in parts):
+        mine = [c for c in parts if c.name == name]
+        scores = [c.score for c in mine if c.score is not None]
+        out[f"criterion_{name}_pass_rate"] = sum(c.verdict == "positive" for c in mine) / len(mine)
+        out[f"criterion_{name}_mean_score"] = sum(scores) / len(scores) if scores else None
+    return out
 
 
 def is_spending(key: str) -> bool:

@@ -73,6 +73,16 @@ def merged_spans(spans) -> list[Span]:
     return sorted(set(spans), key=lambda s: (s.start, s.end, s.reason))
 
 
+class CriterionJudgment(Record):
+    """A rubric criterion's part of a judgment (judges/rubric.py)."""
+
+    name: str
+    weight: float
+    verdict: Verdict
+    score: float | None = None
+    critique: str | None = None
+
+
 class Judgment(Record):
     """What a judge says about one sample. None in a field means "no signal", never a default:
     a failed judge call has `error` set and no verdict or score."""
@@ -93,6 +103,9 @@ class Judgment(Record):
     # preference): this sample's place among them, 1 = best. Written only when set, so records
     # without it are byte for byte as before, and older records load with None.
     rank: int | None = Field(None, ge=1, exclude_if=lambda v: v is None)
+    # From a rubric judge: each criterion's verdict, score and critique (the fields above hold
+    # the aggregate). Written only when set, as `rank`.
+    criteria: list[CriterionJudgment] | None = Field(None, exclude_if=lambda v: v is None)
 
     @property
     def has_signal(self) -> bool:

@@ -39,6 +39,10 @@ group reply, {"judgments": [...]}, one item per response; `GROUP=missing2`, `GRO
 or `GROUP=none` (no list at all) in the instruction shape it. Asked to rank (`"rank"` in the
 request), each item gets its rank by score, ties by number; `GROUP=tie` ranks the first two equal.
 
+A request with a rubric (lines `- name [weight]: ...`, judges/rubric.py) gets one item per
+criterion: those named in `FAIL=a,b` inside the response fail (score 3, quoting the response's
+first two words), the others pass (score 9); `RUBRIC=missing` leaves the last one out.
+
 The verdict is deterministic: a response containing "good" is satisfactory (score 9),
 anything else unsatisfactory (score 3); with `max_words`, a response of at most that many
 words is satisfactory instead (a rule check with an API's latency, for benchmarks).
@@ -247,8 +251,36 @@ def group_reply(user: str, max_words: int | None = None) -> str | None:
     return json.dumps({"judgments": items})
 
 
+_CRITERION = re.compile(r"^- ([A-Za-z0-9_-]+) \[", re.MULTILINE)
+
+
+def rubric_reply(user: str) -> str | None:
+    """The reply to a rubric request (None: no rubric in it)."""
+    if "each of these criteria" not in user:
+        return None
+    m = _RESPONSE.search(user)
+    response = m.group(2) if m else ""
+    found = re.search(r"FAIL=([\w,-]+)", response)
+    failing = set(found.group(1).split(",")) if found else set()
+    items = [
+        {
+            "criterion": n,
+            "critique": f"Falls short on {n}.",
+            "quotes": [" ".join(response.split()[:2])],
+            "verdict": "unsatisfactory",
+            "score": 3,
+        }
+        if n in failing
+        else {"criterion": n, "critique": "Meets it.", "quotes": [], "verdict": "satisfactory", "score": 9}
+        for n in _CRITERION.findall(user)
+    ]
+    if "RUBRIC=missing" in response:
+        items.pop()
+    return json.dumps({"criteria": items})
+
+
 def reply_content(fault: str, user: str, max_words: int | None = None) -> str:
-    group = group_reply(user, max_words) if fault == "ok" else None
+    group = (group_reply(user, max_words) or rubric_reply(user)) if fault == "ok" else None
     if group is not None:
         return group
     obj = json.dumps(judgment_for(user, max_words))
