@@ -399,3 +399,30 @@ def _handler(server: FakeOpenAIServer):
                 pass  # the client gave up (a timeout): nothing to answer
 
     return Handler
+
+
+def main() -> None:
+    """Serve until interrupted, for a run's judge on a CPU (configs/quickstart-group.yaml):
+
+    python -m tests.fake_openai_server --port 8765 --max-words 40
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local OpenAI-compatible judge server for tests and demos.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--max-words", type=int, default=None, help="satisfactory: a response of at most this many words"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    with FakeOpenAIServer(latency_s=args.latency_ms / 1000, port=args.port, max_words=args.max_words) as server:
+        print(f"serving {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        print(f"{server.requests} requests, {server.tokens[0]} prompt and {server.tokens[1]} completion tokens")
+
+
+if __name__ == "__main__":
+    main()
