@@ -154,6 +154,7 @@ class Learner:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
+        cover: dict[str, float] = {}
         unit = self.objective.unit
         micro = max(unit, self.cfg.micro_batch_size // unit * unit)  # a micro-batch never splits a pair
         for s in range(0, len(rows), micro):
@@ -163,6 +164,8 @@ class Learner:
             (loss * len(chunk) / len(rows)).backward()
             for key, value in merge_metrics({"loss": loss.item()}, m, reference_kl(batch)).items():
                 metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / len(rows)
+                cover[key] = cover.get(key, 0.0) + len(chunk) / len(rows)
+        metrics = over_reporting(metrics, cover)
         optimizer = {}
         if self.cfg.max_grad_norm:
             optimizer["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm).item()
@@ -185,6 +188,7 @@ class Learner:
         counts = [self.objective.averages_over(self._mask(part)) if part else 0.0 for part in parts]
         totals = group.sum(counts, self.device)  # what each whole micro-batch averages over
         metrics: dict[str, float] = {}
+        cover: dict[str, float] = {}
         for chunk, part, count, whole in zip(chunks, parts, counts, totals):
             if group.sharded and not part:  # every rank must run every forward: a stand-in row, weighted 0
                 part = chunk[:unit]
@@ -196,8 +200,9 @@ class Learner:
             (loss * weight).backward()
             for key, value in merge_metrics({"loss": loss.item()}, m, reference_kl(batch)).items():
                 metrics[key] = metrics.get(key, 0.0) + value * weight
+                cover[key] = cover.get(key, 0.0) + weight
         group.sum_grads(self.params)
-        metrics = group.sum_metrics(metrics)
+        metrics = over_reporting(group.sum_metrics(metrics), group.sum_metrics(cover))
         optimizer = {}
         if self.cfg.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
@@ -251,10 +256,19 @@ class Learner:
             for i, e in enumerate(rows)
             if (msgs := self.objective.context_messages(c, e)) is not None
         ]
-        lp, _ = self.token_logprobs([p for _, _, p in jobs], [responses[i] for _, i, _ in jobs])  # (J, T')
-        lp = torch.nn.functional.pad(lp, (t - lp.shape[1], 0))  # (J, T): responses stay right-aligned
+        # A context the objective reads only as a target (a teacher's) goes through a forward
+        # pass of its own without gradient, so the backward pass never runs through it.
+        detached = set(self.objective.detached_contexts)
+        by_job: dict[tuple[str, int], torch.Tensor] = {}
+        for grad in (True, False):
+            part = [job for job in jobs if (job[0] in detached) != grad]
+            if not part:
+                continue
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                lp, _ = self.token_logprobs([p for _, _, p in part], [responses[i] for _, i, _ in part])  # (J, T')
+            lp = torch.nn.functional.pad(lp, (t - lp.shape[1], 0))  # (J, T): responses stay right-aligned
+            by_job.update({(c, i): lp[k] for k, (c, i, _) in enumerate(part)})
         zero = torch.zeros(t, device=self.device)
-        by_job = {(c, i): lp[k] for k, (c, i, _) in enumerate(jobs)}
         plain = [render_prompt(self.tokenizer, e.prompt.messages) for e in rows]  # the sampling context
         mask = response_mask(responses, t, self.device)
         # Each context's log-probs go to the TrainBatch field of that name, each declared
@@ -399,6 +413,14 @@ def reference_kl(batch: TrainBatch) -> dict[str, float]:
         return {}
     diff = (batch.plain.detach() - batch.ref_logprobs) * batch.mask  # (B, T)
     return {"kl_ref": diff.sum(-1).mean().item()}
+
+
+def over_reporting(metrics: dict[str, float], cover: dict[str, float]) -> dict[str, float]:
+    """A step's metrics, each a weighted sum over the micro-batches (weights summing to 1),
+    made a weighted mean over the micro-batches that report it: a routed objective's route
+    reports only where the micro-batch holds its rows. A metric every micro-batch reports is
+    left as summed (its cover is 1 up to rounding, and dividing would change its last bits)."""
+    return {k: v / cover[k] if 0 < cover[k] < 1 - 1e-9 else v for k, v in metrics.items()}
 
 
 def mean_metrics(log: list[dict[str, float]]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from alignloop.records import Judgment, Message, Prompt, Sample
 Context = Literal["plain", "judged"]
 # The per-row numbers an objective can fix in select(); each is an Example field and a
 # TrainBatch field of the same name.
-RowValue = Literal["advantage", "negative", "chosen", "gap", "weight"]
+RowValue = Literal["advantage", "negative", "chosen", "gap", "weight", "route"]
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Example:
     chosen: bool | None = None  # DPO: the chosen (True) or the rejected (False) side of its pair
     gap: float | None = None  # DPO: the pair's reward gap, chosen minus rejected
     weight: float | None = None  # RWR: exp(r / beta), rescaled to mean 1 over the iteration
+    route: int | None = None  # routed: the index of the route this row trains in (routing.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TrainBatch:
     chosen: torch.Tensor | None = None  # (B,) 1.0 for the chosen row of a pair, 0.0 for the rejected
     gap: torch.Tensor | None = None  # (B,)
     weight: torch.Tensor | None = None  # (B,)
+    route: torch.Tensor | None = None  # (B,)
 
     @property
     def size(self) -> int:
@@ -67,6 +69,9 @@ class TrainBatch:
 class Objective:
     contexts: ClassVar[tuple[Context, ...]] = ("plain",)
     row_values: ClassVar[tuple[RowValue, ...]] = ()  # what loss() reads of the values select() set
+    # Contexts read only as a target (a teacher): the learner scores them without gradient, in a
+    # forward pass of their own, so the backward pass does not run through them.
+    detached_contexts: ClassVar[tuple[Context, ...]] = ()
     needs_reference: ClassVar[bool] = False
     needs_old_logprobs: ClassVar[bool] = False
     needs_spans: ClassVar[bool] = False  # map judgment spans onto the response tokens
@@ -77,7 +82,7 @@ class Objective:
     def __init_subclass__(cls, **kwargs):
         """A misspelt declaration fails when the objective is defined, not mid-run."""
         super().__init_subclass__(**kwargs)
-        for name, allowed in (("contexts", Context), ("row_values", RowValue)):
+        for name, allowed in (("contexts", Context), ("detached_contexts", Context), ("row_values", RowValue)):
             unknown = [v for v in getattr(cls, name) if v not in get_args(allowed)]
             if unknown:
                 raise TypeError(f"{cls.__name__}.{name} has {unknown}; known: {list(get_args(allowed))}")

@@ -8,13 +8,32 @@ To add an objective: a class here, its entry in `ObjectiveConfig`, its file, and
 
 from __future__ import annotations
 
+from string import Formatter
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_JUDGMENT_TEMPLATE = (
     "{instruction}\n\nWrite a response that matches the following judgment of it.\nJudgment: {judgment}"
 )
+
+
+# The teacher's context in self-distillation: the policy told what was wrong with an earlier
+# attempt and asked to do better (a context that "matches the judgment", as CUT's, would make
+# the teacher explain the flaw, and distilling from it would teach the flaw).
+DEFAULT_TEACHER_TEMPLATE = (
+    "{instruction}\n\nAn earlier response to this was:\n{response}\n\n"
+    "A reviewer judged it as follows: {judgment}\n\nWrite a better response that avoids the problems the judgment names."
+)
+
+
+def template_fields(template: str, allowed: set[str]) -> str:
+    """A prompt template whose {fields} are all in `allowed` (checked at config time, not mid-run)."""
+    names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise ValueError(f"template has {unknown}; it may use {sorted(allowed)} (write {{{{ and }}}} for braces)")
+    return template
 
 
 class ObjectiveOptions(BaseModel):
@@ -140,6 +159,93 @@ class RWROptions(ObjectiveOptions):
     beta: float = Field(1.0, gt=0, description="beta: temperature of the weights exp(r / beta).")
 
 
+class SelfDistillOptions(ObjectiveOptions):
+    """Self-distillation from judgments: the policy given the judgment teaches the policy without it."""
+
+    type: Literal["self_distill"] = "self_distill"
+    teacher_template: str = Field(
+        DEFAULT_TEACHER_TEMPLATE,
+        description="User turn of the teacher's context; {instruction}, {judgment} and {response} (the sampled one).",
+    )
+    positives: Literal["nll", "none"] = Field(
+        "nll", description="Positive responses: nll trains their likelihood under the plain prompt; none skips them."
+    )
+    spans: Literal["ignore", "only", "weight"] = Field(
+        "ignore",
+        description="The judge's spans: ignore them; only distill the tokens they cover (rows without spans: every "
+        "token); or weigh covered tokens span_weight times the others.",
+    )
+    span_weight: float = Field(4.0, gt=0, description="spans: weight, the weight of a token a span covers.")
+    max_gap: float | None = Field(
+        None, gt=0, description="Clip the per-token teacher-student log-ratio to +-this (Huber loss; None: squared)."
+    )
+
+    @field_validator("teacher_template")
+    @classmethod
+    def _known_fields(cls, template: str) -> str:
+        return template_fields(template, {"instruction", "judgment", "response"})
+
+
+# Which rows of an iteration a route trains on (before its objective's own selection).
+RowFilter = Literal["all", "negatives", "negatives_with_critique", "positives", "scored"]
+
+
+class Route(BaseModel):
+    """One part of a routed objective: an objective, the rows it sees, and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    objective: Annotated[
+        SFTOptions
+        | CUTOptions
+        | HindsightOptions
+        | ReinforceOptions
+        | RLOOOptions
+        | GRPOOptions
+        | RWROptions
+        | SelfDistillOptions,
+        Field(discriminator="type"),
+    ] = Field(description="The loss of this route, chosen by `type` (dpo and ppo cannot be routed).")
+    rows: RowFilter = Field(
+        "all",
+        description="The rows it sees: all, negatives, negatives_with_critique, positives, or scored (a score).",
+    )
+    weight: float = Field(1.0, gt=0, description="Its loss's weight in the iteration's loss.")
+    name: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_]{0,31}$", description="Prefix of its metrics (None: the objective's type)."
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.objective.type
+
+    @model_validator(mode="after")
+    def _averages_over_rows(self) -> Route:
+        if isinstance(self.objective, GRPOOptions) and self.objective.average == "token":
+            raise ValueError(
+                "a routed loss is a mean over rows, so each route's must be too: set average: sequence for a routed grpo"
+            )
+        return self
+
+
+class RoutedOptions(ObjectiveOptions):
+    """Several objectives in one iteration, each on the rows it needs, their losses weighted."""
+
+    type: Literal["routed"] = "routed"
+    routes: list[Route] = Field(min_length=1, description="The objectives and the rows each trains on.")
+
+    @property
+    def min_samples_per_prompt(self) -> int:  # type: ignore[override]
+        return max(r.objective.min_samples_per_prompt for r in self.routes)
+
+    @model_validator(mode="after")
+    def _labels_differ(self) -> RoutedOptions:
+        labels = [r.label for r in self.routes]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"routes {twice} share a metric prefix: give each a distinct name")
+        return self
+
+
 ObjectiveConfig = Annotated[
     SFTOptions
     | CUTOptions
@@ -149,6 +255,8 @@ ObjectiveConfig = Annotated[
     | GRPOOptions
     | PPOOptions
     | DPOOptions
-    | RWROptions,
+    | RWROptions
+    | SelfDistillOptions
+    | RoutedOptions,
     Field(discriminator="type"),
 ]

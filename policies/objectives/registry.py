@@ -10,7 +10,9 @@ from alignloop.policies.objectives.hindsight import Hindsight
 from alignloop.policies.objectives.ppo import PPO
 from alignloop.policies.objectives.reinforce import Reinforce
 from alignloop.policies.objectives.rloo import RLOO
+from alignloop.policies.objectives.routing import Routed
 from alignloop.policies.objectives.rwr import RWR
+from alignloop.policies.objectives.self_distill import SelfDistill
 from alignloop.policies.objectives.sft import FilteredSFT
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -23,6 +25,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "ppo": PPO,
     "dpo": DPO,
     "rwr": RWR,
+    "self_distill": SelfDistill,
+    "routed": Routed,
 }
 
 
