@@ -564,7 +564,8 @@ class OpenAIJudge:
             if getattr(e, "status_code", None) == 429:
                 self._slots.throttled(epoch)
             if (asked := retry_after(e)) is not None:
-                self.limits.pause(asked)  # the server's limit is the endpoint's, not this request's
+                # The server's limit is the endpoint's, not this request's; capped as the headers are.
+                self.limits.pause(min(asked, MAX_HEADER_WAIT_S))
             if not retryable(e):
                 raise CallFailed(describe(e, self.config)) from None
             self.counts.transport_faults += 1
