@@ -8,7 +8,9 @@ iterations sampling from the server, each version loaded, verified by the probe 
 learner and the older ones unloaded; sampled log-probs against the learner's recomputation;
 the server killed mid-run (the run stops as for a lost actor, naming it), restarted, and the
 run continuing: the pool notices the lost adapter, loads it again, and the same seeded chunk
-gives the same tokens as before the kill.
+gives the same tokens as before the kill. Then round serving: v2 loaded as `current` with v1
+as `current-previous`, rolled back (v1 as `current` in place), and a request to `current`
+gives v1's tokens.
 
 Runs in the vLLM venv (`make test-vllm`); skipped where vLLM is not installed. About 4-5
 minutes on 2 CPU cores, most of it the server's two start-ups (~60 s each) and learning.
@@ -37,6 +39,7 @@ from alignloop.loop.roles.local import LocalRoles  # noqa: E402
 from alignloop.loop.roles.protocols import ActorLost, SampleChunk  # noqa: E402
 from alignloop.loop.roles.server_samplers import check_servers  # noqa: E402
 from alignloop.loop.schedules.sequential import iteration  # noqa: E402
+from alignloop.loop.serving import ServeOptions, serve  # noqa: E402
 from alignloop.loop.steps import Steps  # noqa: E402
 from alignloop.loop.store import prepare_run_dir  # noqa: E402
 from alignloop.policies.model import resolve_model_path  # noqa: E402
@@ -191,6 +194,18 @@ def test_two_iterations_on_the_server_through_a_restart(server, tmp_path):
     finally:
         roles.shutdown()
     assert server.adapters() == set(), "the run's adapters leave the server when it ends"
+
+    # round.serve: v2 promoted (v1 kept as previous), then rolled back to v1, in place.
+    rounds = {r: p.write(tmp_path / "series" / r / "adapter") for r, p in [("r1", v1), ("r2", v2)]}
+    opts = ServeOptions(urls=[server.url])
+    record = serve(opts, tmp_path / "series", ("r2", rounds["r2"]), ("r1", rounds["r1"]))
+    assert record["endpoints"] == {server.url: "ok"}
+    assert server.adapters() == {"current", "current-previous"}
+    serve(opts, tmp_path / "series", ("r1", rounds["r1"]), ("r2", rounds["r2"]))
+    body = pool._prompt_body(prompts[0], 2, 123)  # the chunk's first prompt, as sampled from v1 above
+    reply = httpx.post(server.url + "/completions", json={**body, "model": "current"}, timeout=120).json()
+    tokens = [[int(t.split(":")[1]) for t in c["logprobs"]["tokens"]] for c in reply["choices"]]
+    assert tokens == [s.token_ids for s in before[:2]], "current must serve v1 again"
 
     for i, version in [(1, 0), (2, 1)]:
         samples = [json.loads(line) for line in (store.iter_dir(i) / "samples.jsonl").read_text().splitlines()]
