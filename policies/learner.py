@@ -59,6 +59,13 @@ class Learner:
             )
         self.objective = build_objective(learner_cfg.objective)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # bf16: the forward passes run under bfloat16 autocast while the LoRA weights stay the
+        # float32 master copy (PEFT already keeps them float32 over a bfloat16 base), so their
+        # small updates are not rounded away and AdamW's state is float32 too.
+        self.autocast = learner_cfg.precision == "bf16"
+        if self.autocast:
+            for p in self.params:
+                p.data = p.data.float()
         self.optimizer = torch.optim.AdamW(self.params, lr=learner_cfg.lr, weight_decay=learner_cfg.weight_decay)
         self.version = 0
         self._old: dict[str, list[float]] = {}  # sample id -> log-probs of the sampling policy
@@ -380,8 +387,10 @@ class Learner:
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)  # (N, L)
         attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1).logits
-        logits = logits[:, :-1].float() / self.temperature  # (N, T, V): position i predicts token i+1
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1)
+        logits = out.logits[:, :-1].float() / self.temperature  # (N, T, V): position i predicts token i+1
         targets = ids[:, -t:]  # (N, T)
         lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         mask = response_mask(responses, t, self.device)

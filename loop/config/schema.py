@@ -96,6 +96,9 @@ class SamplerConfig(Strict):
         gt=0,
         description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).",
     )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="hf: the weights' dtype when sampling (None: model.dtype)."
+    )
     merge_adapter: bool = Field(
         True,
         description="hf: serve the LoRA merged into the weights (faster sampling in bfloat16 on CPU, within noise in float32; the adapted "
@@ -176,6 +179,11 @@ class LearnerConfig(Strict):
     minibatch_size: int = Field(8, gt=0, description="Sequences per optimizer step.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass (gradient accumulation).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes under bfloat16 autocast, the LoRA weights, their gradients and AdamW state "
+        "in float32; fp32: as model.dtype.",
+    )
     logprob_check_rows: int = Field(
         4,
         ge=0,

@@ -37,7 +37,7 @@ class HFSampler:
         self.cfg = sampler_cfg
         self.device = "cuda" if torch.cuda.is_available() and sampler_cfg.num_gpus > 0 else "cpu"
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_model(model_path, model_cfg.dtype, self.device).eval()
+        self.model = load_model(model_path, sampler_cfg.dtype or model_cfg.dtype, self.device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         self.workdir = Path(workdir or sampler_workdir())
         self.version: int | None = None
