@@ -65,6 +65,7 @@ class FakeCompletionsServer:
         self.down = False
         self.left = -1  # completions it answers before it goes down (-1: no limit)
         self.tamper = False
+        self.reads_files = True  # False: adapter paths are not on its filesystem (no shared adapter_dir)
         self.slow_s = 5.0
         self.adapters: dict[str, tuple[str, str]] = {}  # name -> (path, checksum)
         self.faults: list[str] = []
@@ -123,6 +124,8 @@ class FakeCompletionsServer:
         if name in self.adapters and not body.get("load_inplace"):
             return 400, _error(f"The lora adapter '{name}' has already been loaded.")
         try:
+            if not self.reads_files:
+                raise OSError("another machine's path")
             config = json.loads((path / "adapter_config.json").read_text())
         except OSError:
             return 404, _error(f"Loading lora {name} failed: No adapter found for {path}")

@@ -94,8 +94,10 @@ class ServerSamplers:
                 self._load(k, name, path)
             except ServerError as e:
                 self._drop(k, e)
-        if not self.live:
-            raise self._fleet_lost(f"publishing adapter v{payload.version}")
+        if not self.live:  # a path the servers cannot read fails on every one of them
+            raise self._fleet_lost(
+                f"publishing adapter v{payload.version} from {path} (the servers must read it there)"
+            )
         previous = self.name
         self.adapter, self.name = adapter, name
         for k in self.live:

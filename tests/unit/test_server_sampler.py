@@ -214,6 +214,15 @@ def test_a_server_dying_mid_call_has_its_requests_retried_on_the_other(tmp_path)
         assert p.live == [1]
 
 
+def test_an_adapter_dir_the_servers_cannot_read_is_named(tmp_path):
+    with FakeCompletionsServer() as a:
+        a.reads_files = False
+        p = pool(tmp_path, [a], Learner())
+        with pytest.raises(ActorLost, match=r"the servers must read it there.*No adapter found") as e:
+            p.publish(adapter(1))
+        assert str(tmp_path / "adapters") in str(e.value) and a.url in str(e.value)
+
+
 def test_nothing_published_refuses_to_sample(tmp_path):
     with FakeCompletionsServer() as a:
         with pytest.raises(AdapterMismatch, match="nothing is published"):
