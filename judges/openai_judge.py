@@ -555,8 +555,9 @@ class OpenAIJudge:
             response = await self.attempt(messages, schema, name)
             # Billed even when the message is empty, so counted before it is read.
             self.account(getattr(response, "usage", None), reserved)
-            self._slots.succeeded()
-            return reply_text(response, self.config.max_tokens)
+            text = reply_text(response, self.config.max_tokens)
+            self._slots.succeeded()  # an answer, not an empty 200: the server keeps up
+            return text
         except Unparseable:
             raise  # the judge model wrote it: a judgment that cannot be read, not a fault
         except Exception as e:  # noqa: BLE001 - classified below; anything unknown is final
