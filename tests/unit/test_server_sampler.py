@@ -53,7 +53,7 @@ class Learner:
 
 
 def pool(tmp_path, servers, learner=None, **opts) -> ServerSamplers:
-    options = ServerOptions(urls=[s.url for s in servers], timeout_s=opts.pop("timeout_s", 2.0), **opts)
+    options = ServerOptions(urls=[s.url for s in servers], timeout_s=opts.pop("timeout_s", 30.0), **opts)
     return ServerSamplers(options, SamplerCfg, "run", tmp_path / "adapters", render, decode, [STOP], learner)
 
 
@@ -162,8 +162,10 @@ def test_sampling_from_a_name_the_server_does_not_know_is_retried_after_reloadin
 def test_a_failed_request_is_retried_and_named(tmp_path, fault):
     learner = Learner()
     with FakeCompletionsServer() as a, FakeCompletionsServer() as b:
-        a.slow_s = 2.0
-        p = pool(tmp_path, [a, b], learner, timeout_s=0.5)
+        # Only the slow answer may time out: it comes 3x past the timeout, and every other request
+        # has the whole timeout, however loaded the machine is.
+        a.slow_s = 6.0
+        p = pool(tmp_path, [a, b], learner, timeout_s=2.0 if fault == "slow" else 30.0)
         v = learner.export(1)
         p.publish(v)
         a.fail(fault)
