@@ -197,3 +197,14 @@ def test_the_learner_trains_each_route_on_its_rows(tiny_model):
     assert m["sft/loss"] > 0 and m["self_distill/distill_gap"] > 0
     after = -learner.batch(learner.objective.select(rows, np.random.default_rng(0))[0][:1]).plain.sum().item()
     assert after < nll, "the positives' route raises their likelihood"
+
+
+def test_a_step_averages_a_route_metric_over_the_micro_batches_that_report_it():
+    """Two micro-batches of equal size; the route is in the first only, with loss 0.6: the step
+    reports 0.6 for it (not 0.3, as if the second had reported 0), and leaves a metric both
+    report exactly as summed."""
+    from alignloop.policies.learner import over_reporting
+
+    got = over_reporting({"loss": 0.25 + 0.35, "sft/loss": 0.6 * 0.5}, {"loss": 1.0, "sft/loss": 0.5})
+    assert got == {"loss": 0.6, "sft/loss": pytest.approx(0.6)}
+    assert over_reporting({"x": 0.1 + 0.2}, {"x": 0.5 + 0.5})["x"] == 0.1 + 0.2
