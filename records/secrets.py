@@ -24,9 +24,10 @@ _KEY_LIKE = re.compile(
     r"AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+)"
 )
 _BEARER = re.compile(r"((?:Bearer|Basic)\s+)[^\s'\",}]+", re.IGNORECASE)
-# Header echoes: "Authorization: xyz", "api-key": "xyz", x-api-key=xyz.
+# Header echoes: "Authorization: xyz", "api-key": "xyz", x-api-key=xyz (not a placeholder such as
+# `export OPENAI_API_KEY=<your key>` in alignloop's own advice).
 _HEADER = re.compile(
-    r"((?:authorization|x-api-key|api-key|api_key)['\"]?\s*[:=]\s*['\"]?)(?!\*\*\*)(?!(?:Bearer|Basic)\s)[^\s'\",}]+",
+    r"((?:authorization|x-api-key|api-key|api_key)['\"]?\s*[:=]\s*['\"]?)(?!\*\*\*|<)(?!(?:Bearer|Basic)\s)[^\s'\",}]+",
     re.IGNORECASE,
 )
 # Shorter values are too likely to occur in ordinary text to be masked literally.

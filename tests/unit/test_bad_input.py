@@ -69,3 +69,11 @@ def test_a_backend_whose_package_is_missing_is_refused_and_one_that_is_there_is_
         lambda name, *a, **k: importlib.machinery.ModuleSpec(name, None) if name in present else real(name, *a, **k),
     )
     preflight_run(cfg)
+
+
+def test_masking_keeps_alignloop_s_own_placeholders_and_masks_echoed_headers():
+    from alignloop.records.secrets import mask_secrets
+
+    advice = "run `export OPENAI_API_KEY=<your key>` and set api_key_env: OPENAI_API_KEY"
+    assert mask_secrets(advice) == advice
+    assert mask_secrets('{"Authorization": "abc123def"} x-api-key=zz9') == '{"Authorization": "***"} x-api-key=***'
