@@ -131,7 +131,7 @@ class Steps:
             self.store.save_samples(i, prompts, samples)
             self.save(i, "sample", sampled)
 
-        with self.spending({}):
+        with self.spending(i, {}):
             samples, judgments, extra = stream_prompts(
                 self.roles.samplers, self.roles.judges, self.cfg, prompts, self.state.base + i, on_sampled
             )
@@ -147,7 +147,7 @@ class Steps:
         if self.cfg.judge.type == "human":
             return self.judge_by_people(i, prompts, samples, metrics)
         previous = self.store.load_judgments(i) if retry_failed else None
-        with self.spending(metrics if retry_failed else {}):
+        with self.spending(i, metrics if retry_failed else {}):
             judgments, extra = judge_samples(self.roles.judges, self.cfg, prompts, samples, previous)
         # Every request counts, the stopped attempt's too: its usage was saved with the state.
         for k, v in metrics.items():
@@ -187,10 +187,10 @@ class Steps:
         return self.record_judgments(i, Judged(prompts, samples, judgments, metrics))
 
     @contextlib.contextmanager
-    def spending(self, spent: Metrics) -> Iterator[None]:
-        """The judges may spend, within the block, what is left of the iteration's cap (`spent`:
-        a stopped attempt's metrics) and of the run's (its finished iterations); after it, with
-        no cap (an eval gate judges with the same workers)."""
+    def spending(self, i: int, spent: Metrics) -> Iterator[None]:
+        """The judges may spend, within the block, what is left of iteration i's cap (`spent`:
+        a stopped attempt's metrics) and of the run's (its finished iterations, and those judged
+        ahead of the learner); after it, with no cap (an eval gate judges with the same workers)."""
         judging = self.cfg.judging
         if judging.max_cost_usd is None and judging.max_cost_usd_per_iteration is None:
             yield
@@ -198,7 +198,9 @@ class Steps:
         now = float(spent.get("judge_cost_usd") or 0.0)
         left = [judging.max_cost_usd_per_iteration - now] if judging.max_cost_usd_per_iteration else []
         if judging.max_cost_usd is not None:
-            before = sum(float(m.get("judge_cost_usd") or 0.0) for m in self.store.read_metrics())
+            with self.lock:
+                ahead = [a.metrics for k, a in (self.state.cursor.ahead or {}).items() if k != i]
+            before = sum(float(m.get("judge_cost_usd") or 0.0) for m in [*self.store.read_metrics(), *ahead])
             left.append(judging.max_cost_usd - before - now)
         self.roles.judges.limit_spending(max(0.0, min(left)))
         try:

@@ -279,3 +279,24 @@ def test_the_rounds_json_line_and_series_file_carry_what_its_judges_spent(tmp_pa
     line = rnd.finish(payload, metrics, None, None).summary()
     assert line["judge_cost_usd"] == pytest.approx(0.75)
     assert series.get("r1").train["judge_cost_usd"] == pytest.approx(0.75), "series.json reads it back"
+
+
+def test_the_runs_cap_counts_iterations_judged_ahead_of_the_learner(tmp_path):
+    """Sampling ahead, iteration 1 is judged but not yet learned: its spend is not in
+    metrics.jsonl, and still counts against the run's cap when iteration 2 is judged."""
+    from alignloop.loop.cursor import AheadStep
+    from alignloop.loop.steps import JudgeCostCap
+    from tests.judge_fakes import make_steps
+
+    prompts, samples = prompts_and_samples(["good one", "good two"])
+    with FakeOpenAIServer() as server:
+        judge = config(server, **PRICES).model_dump()
+        steps = make_steps(judge, tmp_path, actors=1, chunk_size=2, max_cost_usd=0.01)
+        steps.ahead = True
+        steps.state.cursor.ahead = {1: AheadStep("judge", {"judge_cost_usd": 0.0095})}
+        steps.store.save_samples(2, prompts, samples)
+        with pytest.raises(JudgeCostCap):
+            steps.judge(2, prompts, samples, {})
+        assert server.requests == 0
+        steps.state.cursor.ahead = {1: AheadStep("judge", {"judge_cost_usd": 0.001})}
+        assert all(j.error is None for j in steps.judge(2, prompts, samples, {}).judgments)
