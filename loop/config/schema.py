@@ -373,6 +373,22 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _a_cost_cap_has_prices(self) -> RunConfig:
+        if self.judging.max_cost_usd is None and self.judging.max_cost_usd_per_iteration is None:
+            return self
+        if self.judge.type != "openai":
+            raise ValueError(
+                f"judging.max_cost_usd caps what the openai judge spends (it prices each request before sending "
+                f"it); judge.type {self.judge.type!r} would not be held to it: remove the cap"
+            )
+        if not (self.judge.price_input_per_mtok or self.judge.price_output_per_mtok):
+            raise ValueError(
+                "judging.max_cost_usd needs the judge's prices to count what it spends: set "
+                "judge.price_input_per_mtok and judge.price_output_per_mtok (USD per million tokens)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _groups_fit_in_chunks(self) -> RunConfig:
         k, size = self.sampler.samples_per_prompt, self.judging.chunk_size
         if getattr(self.judge, "mode", "sample") == "group" and size % k:

@@ -300,3 +300,18 @@ def test_the_runs_cap_counts_iterations_judged_ahead_of_the_learner(tmp_path):
         assert server.requests == 0
         steps.state.cursor.ahead = {1: AheadStep("judge", {"judge_cost_usd": 0.001})}
         assert all(j.error is None for j in steps.judge(2, prompts, samples, {}).judgments)
+
+
+@pytest.mark.parametrize(
+    "judge, why",
+    [
+        ({"type": "rules", "checks": [{"type": "finished"}]}, "judge.type 'rules' would not be held to it"),
+        ({"type": "openai", "model": "m", "api_key_env": None}, "set judge.price_input_per_mtok"),
+    ],
+)
+def test_a_cost_cap_the_judge_cannot_keep_is_refused_at_load(judge, why):
+    from alignloop.loop.config import ConfigError, validate_config
+
+    raw = {"name": "t", "data": {"path": "p.jsonl"}, "judge": judge, "judging": {"max_cost_usd_per_iteration": 1}}
+    with pytest.raises(ConfigError, match=why):
+        validate_config(raw)
