@@ -45,12 +45,8 @@ def rows_for(examples: list[Example], name: RowFilter) -> list[Example]:
 
 def route_batch(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
     """The rows `rows` (indices) of every tensor the batch holds."""
-    return TrainBatch(
-        **{
-            f.name: None if (v := getattr(batch, f.name)) is None else v.index_select(0, rows)
-            for f in dataclasses.fields(TrainBatch)
-        }
-    )
+    held = {f.name: v for f in dataclasses.fields(TrainBatch) if (v := getattr(batch, f.name)) is not None}
+    return dataclasses.replace(batch, **{name: v.index_select(0, rows) for name, v in held.items()})
 
 
 class Routed(Objective):
