@@ -102,7 +102,7 @@ def group_schema(
     number: dict[str, Any] = {"type": "integer", **({"minimum": 1, "maximum": k} if bounded else {})}
     if bounded and score_range is not None:
         score.update(minimum=math.ceil(score_range[0]), maximum=math.floor(score_range[1]))
-    item = {
+    item: dict[str, Any] = {
         "type": "object",
         "properties": {
             "response": number,

@@ -119,11 +119,12 @@ def import_judgments(root: Path, path: Path, reviewer: str | None = None) -> tup
                 )
             if isinstance(sid, str) and sid in seen:
                 raise ReviewError(f"sample {quote(sid)} is judged twice in this file (line {seen[sid]} too)")
-            queue, sample = where.get(sid, (None, None)) if isinstance(sid, str) else (None, None)
-            judgment, who, _ = checked(raw, {sid: sample} if sample is not None else {})
+            found = where.get(sid) if isinstance(sid, str) else None
+            judgment, who, _ = checked(raw, {found[1].id: found[1]} if found else {})
         except (ValueError, RecursionError, ReviewError) as e:  # json.JSONDecodeError is a ValueError
             raise ConfigError(f"{path}:{n}: {e}") from None
-        assert queue is not None
+        assert found is not None  # checked() refuses a sample that is not in a queue
+        queue = found[0]
         seen[judgment.sample_id] = n
         current = queue.saved().get(judgment.sample_id)
         if current is not None:

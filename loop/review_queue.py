@@ -17,11 +17,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 from alignloop.judges.human import HumanJudgeConfig, ReviewError, for_people
 from alignloop.loop.config import ConfigError
 from alignloop.loop.store import atomic_write_text, file_mode, make_dirs, read_jsonl, write_jsonl
 from alignloop.records import Judgment, Prompt, Sample
+
+R = TypeVar("R", Prompt, Sample)
 
 
 class WaitingForJudgments(RuntimeError):
@@ -106,13 +109,15 @@ class ReviewQueue:
 
     def samples(self) -> tuple[dict[str, Prompt], dict[str, Sample]]:
         """The iteration's prompts and samples by id; a missing or damaged file is a ConfigError naming it."""
-        out: list[dict] = []
-        for name, cls in (("prompts.jsonl", Prompt), ("samples.jsonl", Sample)):
+
+        def read(name: str, cls: type[R]) -> list[R]:
             try:
-                out.append({r.id: r for r in read_jsonl(self.iter_dir / name, cls)})
+                return read_jsonl(self.iter_dir / name, cls)
             except (OSError, ValueError) as e:  # a pydantic ValidationError is a ValueError
                 raise ConfigError(f"{self.iter_dir / name}: cannot be read ({type(e).__name__})") from None
-        return out[0], out[1]
+
+        prompts = {p.id: p for p in read("prompts.jsonl", Prompt)}
+        return prompts, {s.id: s for s in read("samples.jsonl", Sample)}
 
     # people's judgments -----------------------------------------------------------------------
     def saved(self) -> dict[str, dict]:

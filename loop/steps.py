@@ -163,8 +163,11 @@ class Steps:
         judge over every sample and the review queue is written; then (and on every rerun) what
         people have judged is collected. WaitingForJudgments stops the run with the step
         unfinished and its metrics kept, so the rerun comes back here and judges nothing twice."""
+        from alignloop.judges.human import HumanJudgeConfig
         from alignloop.loop.review_queue import ReviewQueue, WaitingForJudgments
 
+        human = self.cfg.judge
+        assert isinstance(human, HumanJudgeConfig)  # judge() routes only judge.type human here
         queue = ReviewQueue(self.store.iter_dir(i))
         failed = queue.failed_other(samples) if queue.exists() else None
         if not queue.exists() or failed is not None:  # the first time, or again where it failed
@@ -173,12 +176,12 @@ class Steps:
                 if failed is not None and is_spending(k):
                     extra[k] = extra.get(k, 0) + v
             if failed is None:
-                queue.write(self.cfg.judge, samples, other)
+                queue.write(human, samples, other)
             else:
                 queue.rewrite_other(other)
             metrics = merge_metrics({k: v for k, v in metrics.items() if k not in extra}, extra)
         try:
-            judgments, review = queue.collect(self.cfg.judge, samples)
+            judgments, review = queue.collect(human, samples)
         except WaitingForJudgments:
             self.save(i, "sample", metrics)  # the step is not finished; what the other judge spent is kept
             raise
