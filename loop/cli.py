@@ -141,6 +141,7 @@ def guarded(work) -> int:
     from alignloop.loop.review_queue import WaitingForJudgments
     from alignloop.loop.roles.protocols import ActorLost
     from alignloop.loop.steps import JudgeErrorRate
+    from alignloop.policies.adapter import AdapterMismatch
     from alignloop.policies.model import ModelNotFound
 
     try:
@@ -156,6 +157,9 @@ def guarded(work) -> int:
         return Exit.LOCKED
     except ActorLost as e:  # killed, out of memory, or its node removed; nothing finished is lost
         complain(f"stopped: {e}")
+        return Exit.ACTOR_LOST
+    except AdapterMismatch as e:  # a sampler (an inference server) serves other weights than published
+        complain(f"stopped: {e}; every finished step is saved: fix the sampler, then rerun with --resume")
         return Exit.ACTOR_LOST
     except WaitingForJudgments as e:  # on purpose: people judge, then the same command goes on
         complain(f"waiting: {e}")

@@ -69,3 +69,16 @@ def test_an_error_message_quoting_a_key_is_masked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == Exit.CONFIG and "d.jsonl:1: bad alignloop record" in err and "***" in err, err
     assert KEY not in err
+
+
+def test_a_sampler_serving_other_weights_stops_the_run_resumably(capsys):
+    """An inference server whose probe log-probs disagree with the learner's (another model
+    behind the adapter's name) stops the run like a lost actor, with its message, not a crash."""
+    from alignloop.policies.adapter import AdapterMismatch
+
+    def work():
+        raise AdapterMismatch("http://srv:8000 serves adapter run-v2, but its probe log-probs differ")
+
+    assert cli.guarded(work) == Exit.ACTOR_LOST
+    err = capsys.readouterr().err
+    assert "serves adapter run-v2" in err and "--resume" in err and "Traceback" not in err
