@@ -14,5 +14,5 @@ class Exit(IntEnum):
     REJECTED = 4  # a round the eval gate did not promote
     NO_NEW_PROMPTS = 5  # a round with no prompt its series has not seen
     LOCKED = 6  # another alignloop process holds the run or series directory
-    ACTOR_LOST = 7  # an actor died (killed, out of memory, its node gone): stopped, resumable
+    ACTOR_LOST = 7  # an actor died (killed, OOM, node gone) or the inference servers failed: stopped, resumable
     WAITING = 8  # judge.type human: samples wait for people's judgments (alignloop review); rerun to go on
