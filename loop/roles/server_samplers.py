@@ -103,7 +103,7 @@ class ServerSamplers:
         for k in self.live:
             self._unload_older(k)
         if previous and previous != name:
-            _remove_dir(self.adapter_dir / previous)
+            _remove_written(self.adapter_dir / previous, payload.files())
         return time.perf_counter() - start
 
     def _load(self, k: int, name: str, path: Path) -> None:
@@ -290,8 +290,19 @@ class ServerSamplers:
                     pass  # a server that is gone holds nothing
             self.loaded[k].clear()
             self.servers[k].close()
-        if self.name:
-            _remove_dir(self.adapter_dir / self.name)
+        if self.name and self.adapter is not None:
+            _remove_written(self.adapter_dir / self.name, self.adapter.payload.files())
+
+
+def _remove_written(path: Path, files) -> None:
+    """Remove the adapter files publication wrote to `path`, and `path` if that empties it:
+    adapter_dir is the user's (a shared filesystem), so nothing else there is touched."""
+    for name in files:
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # gone already, or holding files alignloop did not write
 
 
 def _remove_dir(path: Path) -> None:

@@ -320,3 +320,18 @@ def test_backend_server_and_its_block_go_together(tmp_path):
     assert cfg.sampler.server.urls == ["http://gpu-1:8000/v1"]
     with pytest.raises(ConfigError, match="set both or neither"):
         load_config(path, ["sampler.backend=hf", "sampler.server.urls=[http://gpu-1:8000]"])
+
+
+def test_an_old_version_s_cleanup_removes_only_the_files_publication_wrote(tmp_path):
+    from alignloop.loop.roles.server_samplers import _remove_written
+
+    ours, shared = tmp_path / "run-v1-abc", tmp_path / "run-v2-def"
+    for d in (ours, shared):
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"w")
+        (d / "adapter_config.json").write_text("{}")
+    (shared / "notes.txt").write_text("a user's file")
+    for d in (ours, shared):
+        _remove_written(d, ["adapter_model.safetensors", "adapter_config.json"])
+    assert not ours.exists()
+    assert sorted(p.name for p in shared.iterdir()) == ["notes.txt"]
