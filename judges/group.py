@@ -28,7 +28,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alignloop.judges.prompting import Parsed, Unparseable, _snippet, conversation_text, parse_judgment, quote
+from alignloop.judges.prompting import (
+    Parsed,
+    Unparseable,
+    _snippet,
+    conversation_text,
+    find_json_list,
+    parse_judgment,
+    quote,
+)
 from alignloop.records import Prompt, Sample
 
 DEFAULT_RUBRIC = """\
@@ -186,15 +194,7 @@ def with_ranks(out: list[Parsed | str], found: dict[int, list[Any]], k: int) -> 
 
 def find_group_items(text: str) -> list | None:
     """The `judgments` list of the reply: bare JSON, fenced, or inside prose."""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("judgments"), list):
-            return obj["judgments"]
-    return None
+    return find_json_list(text, "judgments")
 
 
 def groups(samples: list[Sample]) -> list[list[int]]:

@@ -315,15 +315,25 @@ def find_judgment_object(text: str) -> dict | None:
         if isinstance(obj, dict) and "verdict" in obj:
             return obj
     # A JSON object somewhere in prose: try every '{' until one decodes into a judgment.
+    return next((obj for obj in json_objects_in(text) if "verdict" in obj), None)
+
+
+def json_objects_in(text: str):
+    """Every JSON object that decodes from a '{' of `text`, in order: a reply's JSON may be
+    bare, fenced or inside prose (the judgment, a group's or a rubric's list)."""
     decoder = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
         try:
             obj, _ = decoder.raw_decode(text, m.start())
         except ValueError:
             continue
-        if isinstance(obj, dict) and "verdict" in obj:
-            return obj
-    return None
+        if isinstance(obj, dict):
+            yield obj
+
+
+def find_json_list(text: str, key: str) -> list | None:
+    """The list under `key` of the first JSON object in `text` that has one."""
+    return next((obj[key] for obj in json_objects_in(text) if isinstance(obj.get(key), list)), None)
 
 
 def read_verdict(value) -> Verdict:

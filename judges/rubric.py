@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
-from alignloop.judges.prompting import Criterion, Parsed, Unparseable, _snippet, parse_judgment
+from alignloop.judges.prompting import Criterion, Parsed, Unparseable, _snippet, find_json_list, parse_judgment
 from alignloop.records import CriterionJudgment
 
 
@@ -55,7 +54,7 @@ def rubric_schema(criteria: list[Criterion], max_chars: int | None = None, score
 
 def parse_rubric(text: str, criteria: list[Criterion], score_range: tuple[float, float] = (1, 10)) -> Parsed:
     """The aggregate judgment of a rubric reply, with each criterion's judgment."""
-    items = _items(text)
+    items = find_json_list(text, "criteria")
     if items is None:
         raise Unparseable(f"no JSON object with a list of criteria in the reply: {_snippet(text)}")
     by_name: dict[str, list[dict]] = {}
@@ -95,15 +94,3 @@ def aggregate(judged: list[tuple[Criterion, Parsed]]) -> Parsed:
             for c, p in judged
         ),
     )
-
-
-def _items(text: str) -> list | None:
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("criteria"), list):
-            return obj["criteria"]
-    return None
