@@ -11,7 +11,7 @@ rate and mean score as mean ± standard deviation over the seeds, then the per-s
 Each run is a real run of the loop (alignloop.loop.run.run) on the task's config with only
 `learner.objective` and the seed changed (GRPO, RLOO, PPO and online DPO from their shipped
 configs, so the table measures what those run). Run directories:
-runs/compare-objectives/<task>-i<iterations>-p<prompts>/seed<seed>/<objective>/, kept: a
+runs/compare-objectives/<task>-i<iterations>-p<prompts>[-<each --set>]/seed<seed>/<objective>/, kept: a
 finished run is read back and an unfinished one resumed, so an interrupted comparison goes on
 where it stopped. The pass rate of iteration i is that of samples drawn from adapter v{i-1}:
 the final iteration's measures the adapter after iterations - 1 updates.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -67,6 +68,11 @@ DEFAULT = "sft,cut-ratio,cut-spans,hindsight,self-distill,grpo,routed"
 METRICS = {"pass_rate": "final pass rate", "mean_score": "final mean score"}
 
 
+def slug(override: str) -> str:
+    """`learner.epochs=1` -> `learner.epochs_1`: an override as a directory name's part."""
+    return re.sub(r"[^A-Za-z0-9._]+", "_", override).strip("_")
+
+
 def spread(values: list[float]) -> str:
     """mean ± sample standard deviation (± - for one seed)."""
     sd = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
@@ -104,7 +110,8 @@ def main() -> None:
     for task in tasks:
         config = yaml.safe_load((ROOT / TASKS[task]).read_text())
         iterations = args.iterations or config["iterations"]
-        out = OUT / f"{task}-i{iterations}-p{args.prompts}"
+        # the overrides name the directory too, so runs under other settings are never read back
+        out = OUT / "-".join([f"{task}-i{iterations}-p{args.prompts}", *map(slug, args.extra)])
         final: dict[str, dict[int, dict]] = {name: {} for name in names}
         for seed in seeds:
             common = [f"seed={seed}", f"iterations={iterations}", f"data.prompts_per_iteration={args.prompts}"]

@@ -54,6 +54,9 @@ class Settings:
     minibatch: int = 16
     lora_r: int = 8
     threshold: float = THRESHOLD
+    # bf16: the learner under bfloat16 autocast (float32 LoRA weights) and the sampler's weights
+    # in bfloat16, as `learner.precision: bf16` + `sampler.dtype: bfloat16` run the loop
+    precision: str = "fp32"
     methods: tuple[str, ...] = (
         "CUT",
         "CUT with judged spans",
@@ -97,8 +100,14 @@ def configs(base: Path, options, s: Settings) -> tuple[ModelConfig, LearnerConfi
         micro_batch_size=s.minibatch,
         device="cpu",
         threads=1,
+        precision=s.precision,
     )
-    sampler = SamplerConfig(samples_per_prompt=s.k, max_new_tokens=task.LENGTH + 2, threads=1)
+    sampler = SamplerConfig(
+        samples_per_prompt=s.k,
+        max_new_tokens=task.LENGTH + 2,
+        threads=1,
+        dtype="bfloat16" if s.precision == "bf16" else None,
+    )
     return model, learner, sampler
 
 
@@ -261,7 +270,7 @@ def settings_line(s: Settings, loss: float, vocabulary: int) -> str:
         f"bases: +{s.easy_steps} steps each from the hard one; "
         f"{s.rounds} round(s) x {s.prompts} prompts x k = {s.k} samples = {s.prompts * s.k} samples per round for "
         f"every method; evaluation {s.eval_prompts * s.k} responses; Learner: LoRA r = {s.lora_r} on every "
-        f"linear layer, lr {s.lr:g} constant, {s.epochs} epoch(s), minibatch {s.minibatch}; lambda = {s.threshold}."
+        f"linear layer, lr {s.lr:g} constant, {s.epochs} epoch(s), minibatch {s.minibatch}; lambda = {s.threshold}; precision {s.precision}."
     )
 
 

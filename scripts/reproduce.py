@@ -40,6 +40,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the fastest on a shared 2-core machine)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the CUT suite's learner and sampler (bf16: autocast learner, bfloat16 sampler); the bandit has no model and ignores it",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: tests the plumbing, not the findings")
     parser.add_argument(
         "--readme",
@@ -47,8 +53,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="write the report into this Markdown page (docs/reproduction.md) between the reproduce markers",
     )
     args = parser.parse_args(argv)
-    if args.readme and (args.smoke or args.only):
-        parser.error("--readme takes the full report: drop --smoke and --only")
+    if args.readme and (args.smoke or args.only or args.precision != "fp32"):
+        parser.error("--readme takes the full float32 report: drop --smoke, --only and --precision")
     if args.readme and not MARKERS.search(args.readme.read_text(encoding="utf-8")):
         parser.error(f"{args.readme} has no '<!-- reproduce:begin -->' ... '<!-- reproduce:end -->' block to fill")
     try:
@@ -89,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "cut"):
         import repro_cut
 
-        s = repro_cut.Settings()
+        s = repro_cut.Settings(precision=args.precision)
         if args.smoke:
-            s = repro_cut.Settings(rounds=1, prompts=4, k=2, eval_prompts=4, pretrain_steps=4, easy_steps=2)
+            s = repro_cut.Settings(
+                rounds=1, prompts=4, k=2, eval_prompts=4, pretrain_steps=4, easy_steps=2, precision=args.precision
+            )
         with tempfile.TemporaryDirectory(prefix="alignloop-repro-") as tmp:
             failed += report(
                 "cut", *repro_cut.run(args.seeds, s, Path(tmp), log=lambda m: print(m, flush=True)), printed

@@ -32,6 +32,22 @@ def test_smoke_run_prints_tables_and_a_line_per_check(capsys):
     assert re.search(r"wall time: \d+ s", out)
 
 
+def test_bf16_runs_the_cut_suite_in_bfloat16(capsys, monkeypatch):
+    """--precision bf16 reaches the Learner (autocast) and the sampler (bfloat16 weights)."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import repro_cut
+
+    seen = []
+    real = repro_cut.configs
+    monkeypatch.setattr(repro_cut, "configs", lambda *a: seen.append(real(*a)) or seen[-1])
+    rc = load().main(["--smoke", "--seeds", "0", "--only", "cut", "--precision", "bf16"])
+    out = capsys.readouterr().out
+    assert rc in (0, 1) and "precision bf16." in out
+    assert seen and all(lc.precision == "bf16" and sc.dtype == "bfloat16" for _, lc, sc in seen)
+
+
 def test_checks_compare_measured_values_with_thresholds():
     lines, failed = load().check_lines([("a", 0.96, ">=", 0.95), ("b", 0.51, "<=", 0.5), ("c", 0.0, ">", 0.0)])
     assert failed == 2
