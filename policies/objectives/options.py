@@ -21,9 +21,12 @@ DEFAULT_JUDGMENT_TEMPLATE = (
 # The teacher's context in self-distillation: the policy told what was wrong with an earlier
 # attempt and asked to do better (a context that "matches the judgment", as CUT's, would make
 # the teacher explain the flaw, and distilling from it would teach the flaw).
+# The teacher reads the judgment, not the sampled response: with the response in its context a
+# small model copies it, so the teacher is surer of every sampled token than the student and
+# distilling pushes the failed response up (docs/objectives.md#self-distillation-from-judgments).
 DEFAULT_TEACHER_TEMPLATE = (
-    "{instruction}\n\nAn earlier response to this was:\n{response}\n\n"
-    "A reviewer judged it as follows: {judgment}\n\nWrite a better response that avoids the problems the judgment names."
+    "{instruction}\n\nA reviewer judged an earlier response to this as follows: {judgment}\n\n"
+    "Write a response that avoids the problems the judgment names."
 )
 
 
@@ -165,7 +168,8 @@ class SelfDistillOptions(ObjectiveOptions):
     type: Literal["self_distill"] = "self_distill"
     teacher_template: str = Field(
         DEFAULT_TEACHER_TEMPLATE,
-        description="User turn of the teacher's context; {instruction}, {judgment} and {response} (the sampled one).",
+        description="User turn of the teacher's context; {instruction}, {judgment} and {response} (the sampled one; "
+        "the default leaves it out).",
     )
     positives: Literal["nll", "none"] = Field(
         "nll", description="Positive responses: nll trains their likelihood under the plain prompt; none skips them."

@@ -5,7 +5,7 @@ their code). docs/objectives.md#self-distillation says why each choice below.
 
 For a negative response y with a critique j, at every sampled token t:
   student  log s_t = log pi(y_t | x, y_<t)                     (with gradient)
-  teacher  log q_t = log pi(y_t | [x, y, j], y_<t)             (same adapter, no gradient)
+  teacher  log q_t = log pi(y_t | [x, j], y_<t)                (same adapter, no gradient)
   d_t = log s_t - log q_t, the sampled-token log-ratio
   loss_t = d_t^2 / 2  (or the Huber loss of d_t with max_gap: the log-ratio clipped)
   L_N = each row's mean of loss_t over its tokens (weighted by the spans when asked)
@@ -26,8 +26,8 @@ from alignloop.records import Message
 
 
 def teacher_messages(example: Example, template: str) -> list[Message]:
-    """The prompt with its last user turn rewritten to carry the sampled response and its
-    judgment, asking for a better one: the teacher's context."""
+    """The prompt with its last user turn rewritten by `template` to carry the judgment (and the
+    sampled response, where the template quotes it), asking for a better one: the teacher's context."""
     assert example.judgment.critique is not None  # select() keeps only negatives with a critique
     messages = list(example.prompt.messages)
     content = template.format(

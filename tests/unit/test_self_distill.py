@@ -103,7 +103,8 @@ def test_select_and_the_teacher_context():
     assert (m["n_negative"], m["n_positive"], m["n_negative_without_critique"]) == (1, 1, 1)
     teacher = sd.context_messages("judged", chosen[0])
     assert teacher[0] == Message(role="system", content="sys"), "the system turn stays"
-    assert "q0" in teacher[1].content and "r0" in teacher[1].content and "Too long." in teacher[1].content
+    assert "q0" in teacher[1].content and "Too long." in teacher[1].content
+    assert "r0" not in teacher[1].content, "the default teacher reads the judgment, not the response it could copy"
     assert sd.context_messages("judged", chosen[1]) is None, "a positive needs no teacher"
     assert sd.context_messages("plain", chosen[0]) == list(rows[0].prompt.messages)
     none = SelfDistill(SelfDistillOptions(positives="none")).select(rows, np.random.default_rng(0))[0]
