@@ -2,7 +2,7 @@
 judge's spans), Hindsight, self-distillation, GRPO and a routed mixture (and, on request,
 best-of-N, RLOO, PPO, online DPO), on the quickstart task and on the rare-positives task; the
 same prompts, seeds and sample budget for each. Prints, per task, each objective's final pass
-rate and mean score as mean ± standard deviation over the seeds, then the per-seed values.
+rate, mean score and entropy as mean ± standard deviation over the seeds, then the per-seed values.
 
     .venv/bin/python scripts/compare_objectives.py                                   # both tasks, seeds 0,1,2
     .venv/bin/python scripts/compare_objectives.py --task rare --iterations 3 --prompts 8
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 from pathlib import Path
@@ -65,7 +66,9 @@ OBJECTIVES = {
     "online-dpo": lambda: objective_of("configs/online-dpo.yaml"),
 }
 DEFAULT = "sft,cut-ratio,cut-spans,hindsight,self-distill,grpo,routed"
-METRICS = {"pass_rate": "final pass rate", "mean_score": "final mean score"}
+# The entropy of the final samples under the policy that drew them: a pass rate bought by
+# degenerate text (short strings of random words pass a length check) shows as entropy rising.
+METRICS = {"pass_rate": "final pass rate", "mean_score": "final mean score", "entropy": "final entropy"}
 
 
 def slug(override: str) -> str:
@@ -117,7 +120,7 @@ def main() -> None:
             common = [f"seed={seed}", f"iterations={iterations}", f"data.prompts_per_iteration={args.prompts}"]
             results, wall = run_variants(ROOT / TASKS[task], variants, out / f"seed{seed}", [*common, *args.extra])
             for name, rows in results.items():
-                final[name][seed] = {**{k: rows[-1][k] for k in METRICS}, "wall_s": wall[name]}
+                final[name][seed] = {**{k: rows[-1].get(k, math.nan) for k in METRICS}, "wall_s": wall[name]}
             everything[f"{task}/seed{seed}"] = results
         print(f"\n{task}: {iterations} iterations x {args.prompts} prompts x 4 samples, seeds {args.seeds}\n")
         print(summary(final, seeds))
