@@ -77,7 +77,10 @@ def slug(override: str) -> str:
 
 
 def spread(values: list[float]) -> str:
-    """mean ± sample standard deviation (± - for one seed)."""
+    """mean ± sample standard deviation (± - for one seed), over the values an objective logs."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
     sd = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
     return f"{statistics.mean(values):.3f} ± {sd}"
 
