@@ -16,6 +16,11 @@ from tests.helpers import ImpureUnitTest, purity_guard
 # process: asked once here, before any guard, no test pays for it or is blamed for it.
 platform.processor()
 
+# Likewise matplotlib: on a machine where it has never run, the first plot builds its font
+# cache, and that runs `fc-list` in a subprocess. Built here once (a no-op where the cache
+# exists), so a fresh clone's `make test-fast` does not fail the first report test for it.
+import matplotlib.font_manager  # noqa: E402, F401
+
 
 def _pure(item):
     if item.get_closest_marker("integration"):
