@@ -222,3 +222,18 @@ def purity_guard():
     finally:
         for owner, name, original in saved:
             setattr(owner, name, original)
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, with scripts/ on the path for the modules it imports from
+    its own folder (side_by_side, repro_cut)."""
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

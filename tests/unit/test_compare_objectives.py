@@ -3,20 +3,13 @@ the run directories named by the overrides (the runs themselves are the loop's o
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from tests.helpers import load_script
 
 
 def load():
-    sys.path.insert(0, str(SCRIPTS))  # it imports side_by_side from its own folder
-    spec = importlib.util.spec_from_file_location("compare_objectives", SCRIPTS / "compare_objectives.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_objectives")
 
 
 def test_summary_gives_mean_and_sample_deviation_per_objective():

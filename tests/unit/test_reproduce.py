@@ -5,18 +5,14 @@ are not asserted: at these sizes the findings cannot appear (the full run checks
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce.py"
+from tests.helpers import load_script
+
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce")
 
 
 def test_smoke_run_prints_tables_and_a_line_per_check(capsys):
@@ -34,15 +30,13 @@ def test_smoke_run_prints_tables_and_a_line_per_check(capsys):
 
 def test_bf16_runs_the_cut_suite_in_bfloat16(capsys, monkeypatch):
     """--precision bf16 reaches the Learner (autocast) and the sampler (bfloat16 weights)."""
-    import sys
-
-    sys.path.insert(0, str(SCRIPT.parent))
+    module = load()  # puts scripts/ on the path: main() imports this same repro_cut
     import repro_cut
 
     seen = []
     real = repro_cut.configs
     monkeypatch.setattr(repro_cut, "configs", lambda *a: seen.append(real(*a)) or seen[-1])
-    rc = load().main(["--smoke", "--seeds", "0", "--only", "cut", "--precision", "bf16"])
+    rc = module.main(["--smoke", "--seeds", "0", "--only", "cut", "--precision", "bf16"])
     out = capsys.readouterr().out
     assert rc in (0, 1) and "precision bf16." in out
     assert seen and all(lc.precision == "bf16" and sc.dtype == "bfloat16" for _, lc, sc in seen)
