@@ -10,7 +10,6 @@ import re
 from tests.helpers import load_script
 
 
-
 def load():
     return load_script("reproduce")
 
