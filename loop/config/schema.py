@@ -96,8 +96,17 @@ class SamplerConfig(Strict):
         gt=0,
         description="torch threads (None: every core of the node; with asynchronous.max_staleness sampling and learning overlap: split the cores between them).",
     )
+    min_new_tokens: int = Field(
+        0, ge=0, description="No stop token before this many new tokens (hf, vllm and server backends)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="hf: the weights' dtype when sampling (None: model.dtype)."
+    )
+    decoder: Literal["transformers", "alignloop"] = Field(
+        "transformers",
+        description="hf: transformers' generate, or alignloop's own loop (policies/samplers/decode.py): the same "
+        "distribution, each prompt prefilled once for its k samples and a cheaper draw per token, faster on a CPU "
+        "(docs/benchmarks.md); the same seed draws other responses than with generate.",
     )
     merge_adapter: bool = Field(
         True,

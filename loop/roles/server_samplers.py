@@ -259,6 +259,8 @@ class ServerSamplers:
             # so the field is sent even when log-probs are not wanted, and their values dropped.
             "logprobs": 0,
         }
+        if self.cfg.min_new_tokens:  # vLLM's and SGLang's OpenAI servers read min_tokens
+            body["min_tokens"] = self.cfg.min_new_tokens
         return body
 
     def _sample(self, prompt: Prompt, step: int, j: int, choice: Choice) -> Sample:

@@ -22,6 +22,7 @@ from alignloop.policies.model import (
     sampler_workdir,
     stop_token_ids,
 )
+from alignloop.policies.samplers.decode import sample_tokens
 from alignloop.records import Prompt, Sample
 
 
@@ -103,33 +104,52 @@ class HFSampler:
         torch.manual_seed(seed)
         k = n or self.cfg.samples_per_prompt
         prompt_ids = [render_prompt(self.tokenizer, p.messages) for p in prompts]
+        decode = sample_tokens if self.cfg.decoder == "alignloop" else self._generate
+        new, token_lp = decode(
+            self.model,
+            prompt_ids,
+            k,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            stop_ids=self.stop_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            min_new_tokens=self.cfg.min_new_tokens,
+            device=self.device,
+        )
+        return [
+            self._to_sample(prompts[row // k], iteration, row % k, new[row].tolist(), token_lp[row].tolist())
+            for row in range(new.shape[0])
+        ]
+
+    @staticmethod
+    def _generate(
+        model, prompt_ids, k, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, min_new_tokens, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' generate: ((B*k, T) token ids, (B*k, T) log-probs), as sample_tokens."""
         width = max(map(len, prompt_ids))
-        pad = self.tokenizer.pad_token_id
         # Left padding: every prompt ends where generation starts.
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompt_ids], device=self.device)
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=self.device)
-        out = self.model.generate(
+        input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in prompt_ids], device=device)
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=device)
+        out = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             do_sample=True,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
+            temperature=temperature,
+            top_p=top_p,
             top_k=0,
-            max_new_tokens=self.cfg.max_new_tokens,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens or None,
             num_return_sequences=k,
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad,
+            eos_token_id=stop_ids,
+            pad_token_id=pad_id,
             return_dict_in_generate=True,
             output_logits=True,  # raw logits, (B*k, V) per step: memory ~ B*k*max_new_tokens*V floats
         )
         new = out.sequences[:, width:]  # (B*k, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B*k, T, V)
-        logprobs = torch.log_softmax(logits / self.cfg.temperature, dim=-1)
-        token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*k, T)
-        return [
-            self._to_sample(prompts[row // k], iteration, row % k, new[row].tolist(), token_lp[row].tolist())
-            for row in range(new.shape[0])
-        ]
+        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        return new, logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*k, T)
 
     def _to_sample(self, prompt: Prompt, iteration: int, j: int, ids: list[int], lps: list[float]) -> Sample:
         # Keep tokens up to and including the first stop token; what follows is padding.

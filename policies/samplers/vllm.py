@@ -111,6 +111,7 @@ class VLLMSampler:
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
             max_tokens=self.cfg.max_new_tokens,
+            min_tokens=self.cfg.min_new_tokens,
             seed=seed,
             stop_token_ids=self.stop_ids,
             # 0 top alternatives: only the sampled token's log-prob comes back.

@@ -17,7 +17,7 @@ from tests.fake_completions_server import STOP, FakeCompletionsServer, fake_logp
 
 
 class SamplerCfg:
-    samples_per_prompt, temperature, top_p, max_new_tokens = 3, 1.0, 1.0, 12
+    samples_per_prompt, temperature, top_p, max_new_tokens, min_new_tokens = 3, 1.0, 1.0, 12, 0
 
 
 def render(messages) -> list[int]:
