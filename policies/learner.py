@@ -19,9 +19,17 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load as load_safetensors
+from transformers import DynamicCache
 
 from alignloop.policies.adapter import AdapterPayload
-from alignloop.policies.model import load_model, load_tokenizer, pick_device, render_prompt, resolve_model_path
+from alignloop.policies.model import (
+    cache_argument,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    render_prompt,
+    resolve_model_path,
+)
 from alignloop.policies.objectives.base import Example, TrainBatch
 from alignloop.policies.objectives.registry import build_objective
 from alignloop.policies.spans import span_token_mask
@@ -150,6 +158,8 @@ class Learner:
             order = rng.permutation(len(units))
             for s in range(0, len(units), per_step):
                 plan.append([row for u in order[s : s + per_step] for row in units[u]])
+        if self.cfg.prefix_sharing:  # a prompt's rows side by side, so micro-batches share its pass
+            plan = [by_prompt(rows) for rows in plan]
         return plan
 
     def _step(self, rows: list[Example], step: int, total: int) -> dict:
@@ -381,6 +391,8 @@ class Learner:
         computes logits for the last T+1 positions only. Returns (N, T) log-probs and the (N, T)
         mask, responses right-aligned.
         """
+        if self.cfg.prefix_sharing and len(set(map(tuple, prompts))) < len(prompts):
+            return self._shared_prompt_logprobs(prompts, responses)
         pad = self.tokenizer.pad_token_id
         seqs = [p + r for p, r in zip(prompts, responses)]
         width, t = max(map(len, seqs)), max(map(len, responses))
@@ -395,6 +407,58 @@ class Learner:
         lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         mask = response_mask(responses, t, self.device)
         return lp * mask, mask
+
+    def _shared_prompt_logprobs(
+        self, prompts: list[list[int]], responses: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_logprobs with each distinct prompt through the model once (learner.prefix_sharing):
+        its KV cache and its last position's logits (which predict the first response token)
+        serve every response to it, and every response's gradient flows back into that one
+        prompt pass. The same numbers up to float rounding, for less compute when prompts repeat
+        (a group of k samples shares its prompt); LoRA dropout then draws one mask for the
+        prompt's tokens where separate passes would draw k."""
+        pad, device = self.tokenizer.pad_token_id, self.device
+        unique = list(dict.fromkeys(map(tuple, prompts)))
+        slot = {p: u for u, p in enumerate(unique)}
+        which = torch.tensor([slot[tuple(p)] for p in prompts], device=device)  # (N,) row -> its prompt
+        width, t = max(map(len, unique)), max(map(len, responses))
+        # Prompts left-padded (each ends where its response starts), responses right-padded.
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)  # (U, W)
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=device)
+        targets = torch.tensor([r + [pad] * (t - len(r)) for r in responses], device=device)  # (N, T)
+        seen = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in responses], device=device)
+        kv = DynamicCache()
+        cache = {cache_argument(self.model): kv}
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.autocast):
+            first = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=1, **cache)
+            logits = first.logits[which]  # (N, 1, V): predicts each response's first token
+            if t > 1:  # the responses but their last token, which predicts nothing
+                kv.batch_select_indices(which)
+                after = attn.sum(-1)[which, None] + torch.arange(t - 1, device=device)  # positions go on
+                rest = self.model(
+                    input_ids=targets[:, :-1],
+                    attention_mask=torch.cat([attn[which], seen[:, :-1]], dim=1),
+                    position_ids=after,
+                    **cache,
+                )
+                logits = torch.cat([logits, rest.logits], dim=1)  # (N, T, V)
+        logits = logits.float() / self.temperature
+        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (N, T), left-aligned
+        lengths = torch.tensor([len(r) for r in responses], device=device)
+        source = (torch.arange(t, device=device) - (t - lengths)[:, None]).clamp(min=0)
+        mask = response_mask(responses, t, device)
+        return lp.gather(1, source) * mask, mask  # right-aligned, as token_logprobs returns them
+
+
+def by_prompt(rows: list[Example]) -> list[Example]:
+    """The rows of one step with each prompt's rows side by side, prompts in order of first
+    appearance (the step's gradient is their sum, whatever the order). A unit of several rows
+    (a DPO pair) shares one prompt, so it stays whole."""
+    first: dict[str, int] = {}
+    for e in rows:
+        first.setdefault(e.prompt.id, len(first))
+    return sorted(rows, key=lambda e: first[e.prompt.id])
 
 
 def aligned_logprobs(e: Example) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -249,3 +250,10 @@ def render_prompt(tokenizer, messages) -> list[int]:
         tokenize=False,
     )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: `cache` in newer transformers,
+    `past_key_values` before (a PEFT wrapper passes either through to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -193,6 +193,12 @@ class LearnerConfig(Strict):
         description="bf16: forward passes under bfloat16 autocast, the LoRA weights, their gradients and AdamW state "
         "in float32; fp32: as model.dtype.",
     )
+    prefix_sharing: bool = Field(
+        False,
+        description="Each distinct prompt of a micro-batch goes through the model once and its KV cache serves "
+        "every response to it (a step's rows are grouped by prompt first): less compute where k samples share a "
+        "prompt, the same loss up to float rounding and LoRA dropout's masks on the prompt's tokens.",
+    )
     logprob_check_rows: int = Field(
         4,
         ge=0,

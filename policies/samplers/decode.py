@@ -18,11 +18,12 @@ responses than with `decoder: transformers`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
+
+from alignloop.policies.model import cache_argument
 
 
 @torch.no_grad()
@@ -77,13 +78,6 @@ def sample_tokens(
         position = position + 1
         logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=position, **cache).logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
-
-
-def cache_argument(model) -> str:
-    """The forward argument that takes the KV cache: `cache` in newer transformers,
-    `past_key_values` before (a PEFT wrapper passes either through to its base model)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:

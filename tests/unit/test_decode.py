@@ -3,6 +3,7 @@ the same distribution, the same log-probs as the learner's, the same stop semant
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -126,3 +127,33 @@ def test_both_decoders_draw_the_first_token_from_the_models_distribution(tiny_mo
 
 def _parts(cfg):
     return cfg.model, cfg.sampler
+
+
+def test_prefix_sharing_gives_the_separate_passes_log_probs_and_gradients(tiny_model, tmp_path):
+    """learner.prefix_sharing: one pass per distinct prompt, its cache serving each response to
+    it (of several lengths), gives the log-probs and LoRA gradients of one pass per row."""
+    sampler = HFSampler(*_parts(config(tiny_model, samples_per_prompt=3, max_new_tokens=8)), workdir=str(tmp_path))
+    samples = sampler.generate(PROMPTS, iteration=1, seed=5)
+    assert len({len(s.token_ids) for s in samples}) > 1  # ragged responses, right-aligned back
+    rows = [Example(PROMPTS[int(s.prompt_id[1:])], s, Judgment(sample_id=s.id, score=1.0, judge="t")) for s in samples]
+    rows = rows[::2] + rows[1::2]  # the prompts interleaved: the shared pass finds them anyway
+    out = {}
+    for sharing in (False, True):
+        cfg = config(tiny_model)
+        learner_cfg = cfg.learner.model_copy(update={"prefix_sharing": sharing})
+        learner = Learner(cfg.model, learner_cfg, temperature=0.8, seed=0)
+        with torch.no_grad():
+            for p in learner.params:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        batch = learner.batch(rows)
+        (batch.plain.sum() * 0.01).backward()
+        out[sharing] = batch, [p.grad.clone() for p in learner.params]
+        if sharing:  # every step's rows come grouped by prompt
+            for step in learner._plan(rows, np.random.default_rng(0)):
+                ids = [e.prompt.id for e in step]
+                assert ids == sorted(ids, key=ids.index)
+    (separate, g0), (shared, g1) = out[False], out[True]
+    torch.testing.assert_close(shared.mask, separate.mask)
+    torch.testing.assert_close(shared.plain, separate.plain, atol=1e-5, rtol=0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
