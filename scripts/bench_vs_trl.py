@@ -9,9 +9,10 @@ one optimizer step per iteration over 8 prompts x 4 samples in micro-batches of 
 response exactly 48 tokens (min_new_tokens = max_new_tokens = 48, so both generate and train on
 the same number of tokens), temperature 1, no top-k/top-p, the same string reward, 3 steps.
 alignloop runs in-process, as one learner and one HF sampler (the sequential schedule's
-phases: publish the adapter, sample, judge, learn), with no Ray in the way; TRL runs
-GRPOTrainer.train(). Each run is a fresh process, the two alternate, so drift in the
-machine's load falls on both.
+phases: publish the adapter, sample, judge, learn), with no Ray in the way, twice: with its
+defaults, and fast (`sampler.decoder: alignloop`, its own decoding loop, and
+`learner.prefix_sharing: true`, one prompt pass per group); TRL runs GRPOTrainer.train(). Each
+run is a fresh process, the three alternate, so drift in the machine's load falls on all.
 
 TRL is never installed into the project's venv: it lives in a venv of its own (.venv-bench,
 git-ignored), created on first use with the CPU torch the project uses, then trl and peft.
@@ -49,6 +50,7 @@ PROMPTS = [
     "Why is the sky blue?",
 ]
 SAMPLES, TOKENS, MICRO, LR, SEED = 4, 48, 8, 1e-5, 0
+WORKERS = ("trl", "alignloop", "alignloop-fast")
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["gate_proj", "up_proj", "down_proj"]}
 
 
@@ -155,7 +157,7 @@ def trl_worker(model_dir: str, steps: int, precision: str) -> dict:
     }
 
 
-def alignloop_worker(steps: int, precision: str) -> dict:
+def alignloop_worker(steps: int, precision: str, fast: bool) -> dict:
     """One learner and one HF sampler in this process, the sequential schedule's phases."""
     sys.path.insert(0, str(ROOT))
     from alignloop.loop.config import validate_config
@@ -172,6 +174,8 @@ def alignloop_worker(steps: int, precision: str) -> dict:
             "sampler": {
                 "samples_per_prompt": SAMPLES,
                 "max_new_tokens": TOKENS,
+                "min_new_tokens": TOKENS,  # every response 48 tokens, as TRL's
+                "decoder": "alignloop" if fast else "transformers",
                 "batch_size": len(PROMPTS),
                 "top_p": 1.0,
                 "dtype": "bfloat16" if precision == "bf16" else None,
@@ -184,12 +188,12 @@ def alignloop_worker(steps: int, precision: str) -> dict:
                 "minibatch_size": len(PROMPTS) * SAMPLES,
                 "micro_batch_size": MICRO,
                 "precision": precision,
+                "prefix_sharing": fast,
             },
         }
     )
     learner = Learner(cfg.model, cfg.learner, cfg.sampler.temperature, SEED)
     sampler = HFSampler(cfg.model, cfg.sampler)
-    sampler.model.generation_config.min_new_tokens = TOKENS  # every response 48 tokens, as TRL's
     prompts = [Prompt(id=f"p{i}", messages=[Message(role="user", content=p)]) for i, p in enumerate(PROMPTS)]
     times: dict[str, list[float]] = {"publish": [], "sample": [], "judge": [], "learn": [], "step": []}
     for step in range(1, steps + 1):
@@ -276,14 +280,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating (TRL, alignloop) pairs of runs")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--report", metavar="LOG", help="print the table from an earlier run's output and exit")
-    ap.add_argument("--worker", choices=["trl", "alignloop"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "trl":
         print(json.dumps(trl_worker(args.model_dir, args.steps, args.precision)))
         return
-    if args.worker == "alignloop":
-        print(json.dumps(alignloop_worker(args.steps, args.precision)))
+    if args.worker in ("alignloop", "alignloop-fast"):
+        print(json.dumps(alignloop_worker(args.steps, args.precision, fast=args.worker == "alignloop-fast")))
         return
     if args.report:
         report_from(args.report, args)
@@ -293,9 +297,10 @@ def main() -> None:
 
     model_dir = resolve_model_path("smollm2-135m-instruct")
     bench_python = str(ensure_bench_venv())
-    runs: dict[str, list[dict]] = {"trl": [], "alignloop": []}
+    runs: dict[str, list[dict]] = {which: [] for which in WORKERS}
     for r in range(args.rounds):
-        for which, python in (("trl", bench_python), ("alignloop", sys.executable)):
+        for which in WORKERS:
+            python = bench_python if which == "trl" else sys.executable
             t0 = time.perf_counter()
             runs[which].append(run_worker(python, which, args, model_dir))
             # each run's times as they come, so a bench cut short still has them (--report)
@@ -306,7 +311,7 @@ def main() -> None:
 
 def report_from(log: str, args) -> None:
     """The table from the RUN lines of an earlier bench's output."""
-    runs: dict[str, list[dict]] = {"trl": [], "alignloop": []}
+    runs: dict[str, list[dict]] = {which: [] for which in WORKERS}
     for line in Path(log).read_text().splitlines():
         if line.startswith("RUN "):
             run = json.loads(line[4:])
@@ -319,27 +324,24 @@ def report(runs: dict[str, list[dict]], args) -> None:
     def phase(which: str, key: str) -> float:
         return statistics.median(after_warmup(run[key]) for run in runs[which])
 
-    trl_step, trl_sample = phase("trl", "step"), phase("trl", "sample")
-    trl_learn = trl_step - trl_sample
-    al = {k: phase("alignloop", k) for k in ("publish", "sample", "judge", "learn", "step")}
-    raw = statistics.median(min(run["raw_generate"]) for run in runs["alignloop"])
+    trl = {"step": phase("trl", "step"), "sample": phase("trl", "sample")}
+    trl["learn"] = trl["step"] - trl["sample"]
+    ours = {w: {k: phase(w, k) for k in ("publish", "sample", "judge", "learn", "step")} for w in WORKERS[1:]}
     print(f"\n{runs['trl'][0]['versions']}; precision {args.precision}; {os.cpu_count()} cores")
     print(f"{len(PROMPTS)} prompts x {SAMPLES} samples x {TOKENS} tokens, {args.steps} steps, {args.rounds} rounds")
     print("median over rounds of each run's mean over steps 2..N, seconds per step\n")
-    print("| phase | TRL GRPOTrainer | alignloop | alignloop / TRL |")
-    print("|---|---|---|---|")
-    rows = [
-        ("step (iteration)", trl_step, al["step"]),
-        ("sampling", trl_sample, al["sample"]),
-        ("learn", trl_learn, al["learn"]),
-    ]
-    for name, a, b in rows:
-        print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
-    print(f"| publish (adapter to sampler) | - | {al['publish']:.2f} | |")
-    print(f"| judge (the reward) | (in sampling) | {al['judge']:.3f} | |")
-    print(
-        f"\nraw model.generate of the same batch: {raw:.2f} s; alignloop sampling speed / raw: {raw / al['sample']:.2f}"
-    )
+    print("| phase | TRL GRPOTrainer | alignloop | / TRL | alignloop fast | / TRL |")
+    print("|---|---|---|---|---|---|")
+    for name, key in (("step (iteration)", "step"), ("sampling", "sample"), ("learn", "learn")):
+        a, b, c = trl[key], ours["alignloop"][key], ours["alignloop-fast"][key]
+        print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} | {c:.2f} | {c / a:.2f} |")
+    for name, key in (("publish (adapter to sampler)", "publish"), ("judge (the reward)", "judge")):
+        print(f"| {name} | - | {ours['alignloop'][key]:.2f} | | {ours['alignloop-fast'][key]:.2f} | |")
+    for w in WORKERS[1:]:
+        raw = statistics.median(min(run["raw_generate"]) for run in runs[w])
+        print(
+            f"\n{w}: raw model.generate of the same batch {raw:.2f} s; sampling speed / raw: {raw / ours[w]['sample']:.2f}"
+        )
 
 
 if __name__ == "__main__":
