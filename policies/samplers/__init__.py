@@ -1,7 +1,7 @@
 """Sampling backends. Each takes prompts and returns Samples from the adapter it serves, and
 loads published adapters through `load_adapter(payload) -> (version, checksum)`.
 
-    hf     policies/samplers/hf.py     transformers + PEFT, batched generate (CPU or one GPU)
+    hf     policies/samplers/hf.py     transformers + PEFT, batched generate or its own loop (decode.py), CPU or one GPU
     vllm   policies/samplers/vllm.py   a vLLM engine, one LoRARequest per adapter version
 
 Importing this package imports torch (the transformers sampler); vLLM is imported only when a

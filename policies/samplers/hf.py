@@ -1,5 +1,6 @@
 """Hugging Face transformers sampler: batched sampling on CPU (or one GPU), n responses per
-prompt, returning token ids and sampling log-probs."""
+prompt, returning token ids and sampling log-probs; through `model.generate`, or through
+alignloop's own decoding loop (decode.py, `sampler.decoder: alignloop`)."""
 
 from __future__ import annotations
 
