@@ -157,3 +157,28 @@ def test_prefix_sharing_gives_the_separate_passes_log_probs_and_gradients(tiny_m
     torch.testing.assert_close(shared.plain, separate.plain, atol=1e-5, rtol=0)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_with_both_settings_is_reproducible_and_its_ratio_starts_at_one(tmp_path, tiny_model):
+    """The loop's own decoder and prefix sharing through a real run (in process, sampling
+    ahead): two runs write the same artifacts, and GRPO's pi_old, the decoder's log-probs,
+    agrees with the learner before the first update."""
+    from tests.conftest import tiny_config, write_prompts
+    from tests.helpers import artifacts, assert_same, run_in_process
+
+    write_prompts(tmp_path / "p.jsonl")
+    runs = []
+    for name in ("a", "b"):
+        cfg = tiny_config(
+            tiny_model,
+            tmp_path / "p.jsonl",
+            tmp_path / name,
+            sampler={"decoder": "alignloop"},
+            learner={"objective": {"type": "grpo"}, "prefix_sharing": True, "logprob_check_rows": 12},
+            asynchronous={"max_staleness": 1},
+            tracking={"backends": []},
+        )
+        runs.append((run_in_process(validate_config(cfg)), artifacts(tmp_path / name)))
+    (metrics, a), (_, b) = runs
+    assert_same(a, b)
+    assert metrics[0]["old_logprob_gap"] < 1e-4 and metrics[0]["policy_lag"] == 0
