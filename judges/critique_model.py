@@ -152,14 +152,13 @@ class TransformersChatGenerator:
     def generate(self, chats: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
         import torch
 
-        from alignloop.policies.model import render_prompt
+        from alignloop.policies.model import left_pad, render_prompt
 
         ids = [render_prompt(self.tokenizer, chat) for chat in chats]
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
         # Left padding: every prompt ends where its reply starts.
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)  # (B, T)
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)  # (B, T)
+        pad = self.tokenizer.pad_token_id
+        input_ids, attention = left_pad(ids, pad, self.device)  # (B, T)
+        width = input_ids.shape[1]
         sampling = temperature > 0
         if sampling:
             torch.manual_seed(seed)

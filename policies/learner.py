@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from alignloop.policies.adapter import AdapterPayload
 from alignloop.policies.model import (
     cache_argument,
+    left_pad,
     load_model,
     load_tokenizer,
     pick_device,
@@ -393,11 +394,8 @@ class Learner:
         """
         if self.cfg.prefix_sharing and len(set(map(tuple, prompts))) < len(prompts):
             return self._shared_prompt_logprobs(prompts, responses)
-        pad = self.tokenizer.pad_token_id
-        seqs = [p + r for p, r in zip(prompts, responses)]
-        width, t = max(map(len, seqs)), max(map(len, responses))
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)  # (N, L)
-        attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        t = max(map(len, responses))
+        ids, attn = left_pad([p + r for p, r in zip(prompts, responses)], self.tokenizer.pad_token_id, self.device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         device_type = torch.device(self.device).type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -421,10 +419,9 @@ class Learner:
         unique = list(dict.fromkeys(map(tuple, prompts)))
         slot = {p: u for u, p in enumerate(unique)}
         which = torch.tensor([slot[tuple(p)] for p in prompts], device=device)  # (N,) row -> its prompt
-        width, t = max(map(len, unique)), max(map(len, responses))
+        t = max(map(len, responses))
         # Prompts left-padded (each ends where its response starts), responses right-padded.
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)  # (U, W)
-        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=device)
+        ids, attn = left_pad(unique, pad, device)  # (U, W)
         targets = torch.tensor([r + [pad] * (t - len(r)) for r in responses], device=device)  # (N, T)
         seen = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in responses], device=device)
         kv = DynamicCache()

@@ -252,6 +252,17 @@ def render_prompt(tokenizer, messages) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def left_pad(seqs, pad_id: int, device=None):
+    """(B, L) token ids and attention mask of `seqs` left-padded to the longest: every
+    sequence ends at the last position, where generation starts or a response ends."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, attention
+
+
 def cache_argument(model) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers,
     `past_key_values` before (a PEFT wrapper passes either through to its base model)."""

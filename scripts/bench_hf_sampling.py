@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
-from alignloop.policies.model import load_model, load_tokenizer, render_prompt, resolve_model_path  # noqa: E402
+from alignloop.policies.model import left_pad, load_model, load_tokenizer, render_prompt, resolve_model_path  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
@@ -33,11 +33,7 @@ MODEL = "smollm2-135m-instruct"
 def batch(tokenizer, n: int):
     rows = [json.loads(line) for line in (ROOT / "configs/prompts/quickstart.jsonl").read_text().splitlines()[:n]]
     ids = [render_prompt(tokenizer, [{"role": "user", "content": r["instruction"]}]) for r in rows]
-    width, pad = max(map(len, ids)), tokenizer.pad_token_id
-    return (
-        torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
-        torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids]),
-    )
+    return left_pad(ids, tokenizer.pad_token_id)
 
 
 def timed(model, inputs, k: int, tokens: int, repeats: int, pad: int) -> float:

@@ -222,12 +222,11 @@ def raw_generate(sampler, prompts) -> float:
     nothing around it: what the sampler's generate costs beyond the library's."""
     import torch
 
-    from alignloop.policies.model import render_prompt
+    from alignloop.policies.model import left_pad, render_prompt
 
     ids = [render_prompt(sampler.tokenizer, p.messages) for p in prompts]
-    width, pad = max(map(len, ids)), sampler.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    pad = sampler.tokenizer.pad_token_id
+    input_ids, attention = left_pad(ids, pad)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.no_grad():

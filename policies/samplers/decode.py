@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from alignloop.policies.model import cache_argument
+from alignloop.policies.model import cache_argument, left_pad
 
 
 @torch.no_grad()
@@ -43,10 +43,7 @@ def sample_tokens(
     """k responses to each prompt, prompt-major: ((B*k, T) token ids, (B*k, T) log-probs of
     each sampled token under softmax(logits / temperature), before top_p, as the learner scores
     them). T <= max_new_tokens; after its first stop token a row holds `pad_id` (log-prob 0)."""
-    width = max(map(len, prompts))
-    # Left padding: every prompt ends where generation starts.
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    ids, attention = left_pad(prompts, pad_id, device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     kv = DynamicCache()
     cache = {cache_argument(model): kv}
@@ -63,11 +60,10 @@ def sample_tokens(
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         scaled = logits.float() / temperature  # (N, V)
-        lse = scaled.logsumexp(-1)
-        if step < min_new_tokens:  # no stop token yet: their mass goes to the others
-            scaled[:, stops] = -torch.inf
-        token = draw(nucleus(scaled, top_p).softmax(-1))  # (N,)
-        lp = logits.float().gather(-1, token[:, None]).squeeze(-1) / temperature - lse
+        # no stop token yet: their mass goes to the others (the log-probs keep it, as generate's)
+        held = scaled.index_fill(-1, stops, -torch.inf) if step < min_new_tokens else scaled
+        token = draw(nucleus(held, top_p).softmax(-1))  # (N,)
+        lp = scaled.gather(-1, token[:, None]).squeeze(-1) - scaled.logsumexp(-1)
         token = torch.where(done, pad_id, token)
         tokens.append(token)
         logprobs.append(torch.where(done, 0.0, lp))

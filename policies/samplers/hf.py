@@ -16,6 +16,7 @@ from safetensors.torch import load as load_safetensors
 
 from alignloop.policies.adapter import AdapterMismatch, AdapterPayload, check_serving
 from alignloop.policies.model import (
+    left_pad,
     load_model,
     load_tokenizer,
     render_prompt,
@@ -128,10 +129,7 @@ class HFSampler:
         model, prompt_ids, k, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, min_new_tokens, device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """transformers' generate: ((B*k, T) token ids, (B*k, T) log-probs), as sample_tokens."""
-        width = max(map(len, prompt_ids))
-        # Left padding: every prompt ends where generation starts.
-        input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in prompt_ids], device=device)
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=device)
+        input_ids, attention = left_pad(prompt_ids, pad_id, device)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -147,7 +145,7 @@ class HFSampler:
             return_dict_in_generate=True,
             output_logits=True,  # raw logits, (B*k, V) per step: memory ~ B*k*max_new_tokens*V floats
         )
-        new = out.sequences[:, width:]  # (B*k, T)
+        new = out.sequences[:, input_ids.shape[1] :]  # (B*k, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B*k, T, V)
         logprobs = torch.log_softmax(logits / temperature, dim=-1)
         return new, logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*k, T)

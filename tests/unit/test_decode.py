@@ -66,7 +66,8 @@ def test_nucleus_keeps_what_transformers_keeps(top_p):
 
 @pytest.mark.parametrize("decoder", ["transformers", "alignloop"])
 def test_both_decoders_stop_alike_and_are_seeded(tiny_model, tmp_path, decoder):
-    sampler = HFSampler(*_parts(config(tiny_model, decoder=decoder)), workdir=str(tmp_path))
+    cfg = config(tiny_model, decoder=decoder)
+    sampler = HFSampler(cfg.model, cfg.sampler, workdir=str(tmp_path))
     a = sampler.generate(PROMPTS, iteration=1, seed=7)
     assert a == sampler.generate(PROMPTS, iteration=1, seed=7)
     assert a != sampler.generate(PROMPTS, iteration=1, seed=8)
@@ -82,7 +83,8 @@ def test_both_decoders_stop_alike_and_are_seeded(tiny_model, tmp_path, decoder):
 
 @pytest.mark.parametrize("decoder", ["transformers", "alignloop"])
 def test_min_new_tokens_holds_back_the_stop_token(tiny_model, tmp_path, decoder):
-    sampler = HFSampler(*_parts(config(tiny_model, decoder=decoder, min_new_tokens=5)), workdir=str(tmp_path))
+    cfg = config(tiny_model, decoder=decoder, min_new_tokens=5)
+    sampler = HFSampler(cfg.model, cfg.sampler, workdir=str(tmp_path))
     for seed in range(3):
         for s in sampler.generate(PROMPTS, iteration=1, seed=seed):
             assert len(s.token_ids) >= 5 and sampler.tokenizer.eos_token_id not in s.token_ids[:4]
@@ -125,14 +127,11 @@ def test_both_decoders_draw_the_first_token_from_the_models_distribution(tiny_mo
         assert total_variation < 0.06, (decoder, total_variation)
 
 
-def _parts(cfg):
-    return cfg.model, cfg.sampler
-
-
 def test_prefix_sharing_gives_the_separate_passes_log_probs_and_gradients(tiny_model, tmp_path):
     """learner.prefix_sharing: one pass per distinct prompt, its cache serving each response to
     it (of several lengths), gives the log-probs and LoRA gradients of one pass per row."""
-    sampler = HFSampler(*_parts(config(tiny_model, samples_per_prompt=3, max_new_tokens=8)), workdir=str(tmp_path))
+    cfg = config(tiny_model, samples_per_prompt=3, max_new_tokens=8)
+    sampler = HFSampler(cfg.model, cfg.sampler, workdir=str(tmp_path))
     samples = sampler.generate(PROMPTS, iteration=1, seed=5)
     assert len({len(s.token_ids) for s in samples}) > 1  # ragged responses, right-aligned back
     rows = [Example(PROMPTS[int(s.prompt_id[1:])], s, Judgment(sample_id=s.id, score=1.0, judge="t")) for s in samples]
